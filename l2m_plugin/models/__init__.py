@@ -1,0 +1,5 @@
+"""Network modules of the L2M matcher (encoder, decoder, full matcher)."""
+
+from .matcher import L2M
+
+__all__ = ["L2M"]

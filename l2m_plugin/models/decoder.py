@@ -1,0 +1,348 @@
+"""The RoMa-architecture decoder used by L2M / L2M++.
+
+Components (RoMa, Edstedt et al. CVPR 2024, Sec. 3; code ``romatch/models/matcher.py``
+and ``romatch/models/transformer/__init__.py``; L2M inherits them, ICCV 2025 Sec. 3.3):
+
+* :class:`GPMatcher`: Gaussian-process coarse matcher with a cosine kernel
+  (temperature T = 0.2) regressing a 512-d Fourier embedding of image-1 coordinates.
+* :class:`CoordinateClassifier`: 5 transformer blocks classifying every coarse
+  pixel over 64 x 64 anchors (+1 certainty logit).
+* :class:`ConvRefiner`: depth-wise conv refiners with local correlation and a
+  displacement embedding, predicting a displacement and a certainty residual.
+* :class:`Decoder`: runs them coarse to fine over scales 16, 8, 4, 2, 1.
+
+All warps are in normalised coordinates (see :mod:`l2m_plugin.coords`); all
+certainties here are logits. Module and parameter names follow RoMa's so its
+checkpoints load without renaming.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..coords import normalized_grid
+
+__all__ = [
+    "cosine_kernel",
+    "GPMatcher",
+    "TransformerBlock",
+    "CoordinateClassifier",
+    "anchors_to_warp",
+    "local_correlation",
+    "ConvRefiner",
+    "Decoder",
+]
+
+
+def _grid_bchw(b: int, h: int, w: int, device) -> torch.Tensor:
+    """(b, 2, h, w) normalised pixel-centre coordinates (x, y)."""
+    return normalized_grid(h, w, device=device).permute(2, 0, 1)[None].expand(b, 2, h, w)
+
+
+def cosine_kernel(x: torch.Tensor, y: torch.Tensor, T: float, eps: float = 1e-6) -> torch.Tensor:
+    """Cosine-similarity kernel ``exp((cos(x, y) - 1) / T)``.
+
+    Args:
+        x: (B, N, D), y: (B, M, D) float32 features.
+    Returns:
+        (B, N, M) kernel matrix (RoMa's ``CosKernel``).
+    """
+    c = torch.einsum("bnd,bmd->bnm", x, y) / (
+        x.norm(dim=-1)[..., None] * y.norm(dim=-1)[:, None] + eps
+    )
+    return ((c - 1.0) / T).exp()
+
+
+class GPMatcher(nn.Module):
+    """Gaussian-process regression of image-1 coordinate embeddings onto image 0.
+
+    ``forward(f0, f1)`` with f0 (B, C, H0, W0), f1 (B, C, H1, W1) returns the
+    posterior mean (B, gp_dim, H0, W0) of ``cos(8 pi * pos_conv(xy1))`` with kernel
+    noise 0.1. ``solve`` selects the linear solve: ``"cholesky"`` (romatch 0.1.2 in
+    eval mode) or ``"inverse"`` (the L2M fork, which always inverts ``K_yy``); both
+    compute the same function up to float round-off.
+    """
+
+    def __init__(self, gp_dim: int = 512, T: float = 0.2, sigma_noise: float = 0.1, solve: str = "cholesky"):
+        super().__init__()
+        if solve not in ("cholesky", "inverse"):
+            raise ValueError(f"gp solve must be 'cholesky' or 'inverse', got {solve!r}")
+        self.pos_conv = nn.Conv2d(2, gp_dim, 1, 1)
+        self.T = T
+        self.sigma_noise = sigma_noise
+        self.solve = solve
+        self.dim = gp_dim
+
+    def forward(self, f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=f0.device.type, enabled=False):
+            return self._posterior(f0, f1)
+
+    def _posterior(self, f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
+        b, _, h0, w0 = f0.shape
+        _, _, h1, w1 = f1.shape
+        emb = torch.cos(8 * math.pi * self.pos_conv(_grid_bchw(b, h1, w1, f1.device)))
+        x = f0.float().flatten(2).transpose(1, 2)
+        y = f1.float().flatten(2).transpose(1, 2)
+        emb = emb.flatten(2).transpose(1, 2)
+        K_yy = cosine_kernel(y, y, self.T)
+        K_xy = cosine_kernel(x, y, self.T)
+        K_yy = K_yy + self.sigma_noise * torch.eye(h1 * w1, device=f0.device)[None]
+        if self.solve == "cholesky":
+            L = torch.linalg.cholesky(K_yy)
+            mu = K_xy @ torch.cholesky_solve(emb, L, upper=False)
+        else:
+            mu = K_xy.matmul(torch.linalg.inv(K_yy).matmul(emb))
+        return mu.transpose(1, 2).reshape(b, self.dim, h0, w0)
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).unbind(2)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+
+
+class _Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block (LayerNorm eps 1e-5, no qkv bias, no layer scale).
+
+    Matches the DINOv2 ``Block`` as RoMa instantiates it for its coordinate decoder.
+    Input and output: (B, N, dim).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = _Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class CoordinateClassifier(nn.Module):
+    """Transformer that classifies each coarse pixel over ``res x res`` anchors.
+
+    ``forward(gp_posterior, features)`` with both (B, C_i, H, W) returns
+    ``(logits (B, res*res, H, W), certainty logit (B, 1, H, W))``. No positional
+    encoding is added (RoMa: ``pos_enc=False``).
+    """
+
+    def __init__(self, dim: int = 1024, depth: int = 5, num_heads: int = 8, res: int = 64):
+        super().__init__()
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, num_heads) for _ in range(depth)])
+        self.to_out = nn.Linear(dim, res * res + 1)
+        self.hidden_dim = dim
+        self.out_dim = res * res + 1
+
+    def forward(self, gp_posterior: torch.Tensor, features: torch.Tensor):
+        x = torch.cat((gp_posterior, features), dim=1)
+        B, C, H, W = x.shape
+        z = self.to_out(self.blocks(x.flatten(2).transpose(1, 2)))
+        out = z.transpose(1, 2).reshape(B, self.out_dim, H, W)
+        return out[:, :-1], out[:, -1:]
+
+
+def anchors_to_warp(logits: torch.Tensor) -> torch.Tensor:
+    """Soft-argmax over the 4 neighbours of the most likely anchor (RoMa's ``cls_to_flow_refine``).
+
+    Args:
+        logits: (B, R*R, H, W) anchor logits; anchor k sits at the centre of cell
+            (k % R, k // R) of an R x R grid over [-1, 1]^2.
+    Returns:
+        (B, 2, H, W) warp in normalised coordinates. As in the reference, the
+        "left/right" neighbours are the flat indices k -+ 1 (which wrap across rows)
+        and all indices are clamped to [0, R*R - 1].
+    """
+    B, C, H, W = logits.shape
+    res = round(math.sqrt(C))
+    anchors = normalized_grid(res, res, device=logits.device, dtype=torch.float32).reshape(C, 2)
+    prob = logits.softmax(dim=1)
+    mode = prob.max(dim=1).indices
+    index = torch.stack((mode - 1, mode, mode + 1, mode - res, mode + res), dim=1).clamp(0, C - 1)
+    neighbours = torch.gather(prob, dim=1, index=index)  # (B, 5, H, W)
+    coords = anchors[index]  # (B, 5, H, W, 2)
+    flow = (neighbours[..., None] * coords).sum(dim=1) / neighbours.sum(dim=1)[..., None]
+    return flow.permute(0, 3, 1, 2)
+
+
+def local_correlation(f0: torch.Tensor, f1: torch.Tensor, warp: torch.Tensor, radius: int) -> torch.Tensor:
+    """Correlation of each image-0 feature with a (2r+1)^2 window around its warp in image 1.
+
+    Args:
+        f0, f1: (B, C, H, W) features at one scale (image 1 sampled bilinearly,
+            zero padding, ``align_corners=False``).
+        warp: (B, 2, H, W) normalised coordinates in image 1.
+        radius: r; window offsets are ``linspace(-2r/H, 2r/H, 2r+1)`` (one
+            pixel step) in y and likewise in x.
+    Returns:
+        (B, (2r+1)^2, H, W): ``<f0, f1(warp + offset)> / sqrt(C)``, window index
+        row-major over (dy, dx), as RoMa's ``local_correlation``.
+    """
+    B, C, H, W = f0.shape
+    k = 2 * radius + 1
+    dy = torch.linspace(-2 * radius / H, 2 * radius / H, k, device=f0.device)
+    dx = torch.linspace(-2 * radius / W, 2 * radius / W, k, device=f0.device)
+    gy, gx = torch.meshgrid(dy, dx, indexing="ij")
+    window = torch.stack((gx, gy), dim=-1).reshape(k * k, 2)
+    corr = f0.new_empty(B, k * k, H, W)
+    for i in range(B):
+        coords = (warp[i].permute(1, 2, 0)[:, :, None] + window[None, None]).reshape(1, H, W * k * k, 2)
+        with torch.no_grad():
+            sampled = F.grid_sample(f1[i : i + 1], coords, padding_mode="zeros", align_corners=False)
+        sampled = sampled.reshape(C, H, W, k * k)
+        corr[i] = (f0[i, ..., None] / C**0.5 * sampled).sum(dim=0).permute(2, 0, 1)
+    return corr
+
+
+class ConvRefiner(nn.Module):
+    """One refinement level: features of both images, the sampled image-1 features,
+    a displacement embedding and (optionally) local correlation, through a depth-wise
+    conv stack; outputs a displacement (2 channels, in units of ``4 / scale`` pixels
+    of the full-resolution grid) and a certainty-logit residual.
+
+    ``forward(f0, f1, warp, scale_factor)``: f0, f1 (B, C, H, W), warp (B, 2, H, W)
+    normalised; returns ``(delta (B, 2, H, W), certainty (B, 1, H, W))``.
+    ``scale_factor`` multiplies the displacement before its embedding
+    (``40 / 32 * scale_factor * (warp - grid)``): see ``MatcherConfig.displacement_scale``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        displacement_emb_dim: int,
+        local_corr_radius: int | None = None,
+        kernel_size: int = 5,
+        hidden_blocks: int = 8,
+        out_dim: int = 3,
+    ):
+        super().__init__()
+        self.block1 = self._block(in_dim, hidden_dim, kernel_size)
+        self.hidden_blocks = nn.Sequential(
+            *[self._block(hidden_dim, hidden_dim, kernel_size) for _ in range(hidden_blocks)]
+        )
+        self.out_conv = nn.Conv2d(hidden_dim, out_dim, 1, 1, 0)
+        self.disp_emb = nn.Conv2d(2, displacement_emb_dim, 1, 1, 0)
+        self.local_corr_radius = local_corr_radius
+
+    @staticmethod
+    def _block(in_dim: int, out_dim: int, kernel_size: int) -> nn.Sequential:
+        if out_dim % in_dim:
+            raise ValueError("depth-wise block needs out_dim divisible by in_dim")
+        return nn.Sequential(
+            nn.Conv2d(in_dim, out_dim, kernel_size, 1, kernel_size // 2, groups=in_dim),
+            nn.BatchNorm2d(out_dim, momentum=0.01),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_dim, out_dim, 1, 1, 0),
+        )
+
+    def forward(self, f0: torch.Tensor, f1: torch.Tensor, warp: torch.Tensor, scale_factor: float = 1.0):
+        b, _, h, w = f0.shape
+        f1_at_warp = F.grid_sample(f1, warp.permute(0, 2, 3, 1), align_corners=False)
+        displacement = warp - _grid_bchw(b, h, w, f0.device)
+        parts = [f0, f1_at_warp, self.disp_emb(40 / 32 * scale_factor * displacement)]
+        if self.local_corr_radius:
+            parts.append(local_correlation(f0, f1, warp, self.local_corr_radius))
+        d = self.hidden_blocks(self.block1(torch.cat(parts, dim=1)))
+        d = self.out_conv(d.float())
+        return d[:, :-1], d[:, -1:]
+
+
+def _refiner_specs(vgg: bool = True) -> dict[str, dict]:
+    # (in_dim == hidden_dim for the depth-wise stack), as in RoMa's roma_model().
+    return {
+        "16": dict(in_dim=2 * 512 + 128 + 15**2, hidden_dim=2 * 512 + 128 + 15**2, displacement_emb_dim=128, local_corr_radius=7),
+        "8": dict(in_dim=2 * 512 + 64 + 7**2, hidden_dim=2 * 512 + 64 + 7**2, displacement_emb_dim=64, local_corr_radius=3),
+        "4": dict(in_dim=2 * 256 + 32 + 5**2, hidden_dim=2 * 256 + 32 + 5**2, displacement_emb_dim=32, local_corr_radius=2),
+        "2": dict(in_dim=2 * 64 + 16, hidden_dim=128 + 16, displacement_emb_dim=16),
+        "1": dict(in_dim=2 * 9 + 6, hidden_dim=24, displacement_emb_dim=6),
+    }
+
+
+class Decoder(nn.Module):
+    """Coarse-to-fine decoder over scales 16, 8, 4, 2, 1 (RoMa's ``Decoder``).
+
+    Args:
+        vit_dim: channels of the stride-14 ViT features (1024 for ViT-L/14).
+        gp_solve: see :class:`GPMatcher`.
+
+    ``forward(f0, f1, scale_factor, init=None)``:
+        f0, f1: dicts ``{scale: (B, C_s, H_s, W_s)}`` from :class:`~l2m_plugin.models.encoder.Encoder`.
+        init: ``None`` for the coarse pass (scales 16..1); for the upsampling pass a
+            tuple ``(warp (B,2,h,w), certainty logits (B,1,h,w))`` from the coarse
+            pass, resized to scale 8, and only scales 8..1 run.
+    Returns:
+        dict ``{scale: {"flow": (B,2,H_s,W_s) normalised warp, "certainty": (B,1,H_s,W_s) logits}}``.
+    """
+
+    scales = ("16", "8", "4", "2", "1")
+
+    def __init__(self, vit_dim: int = 1024, gp_solve: str = "cholesky"):
+        super().__init__()
+        gp_dim = feat_dim = 512
+        self.embedding_decoder = CoordinateClassifier(gp_dim + feat_dim, depth=5, num_heads=8, res=64)
+        self.gps = nn.ModuleDict({"16": GPMatcher(gp_dim, T=0.2, solve=gp_solve)})
+        proj_dims = {"16": (vit_dim, 512), "8": (512, 512), "4": (256, 256), "2": (128, 64), "1": (64, 9)}
+        self.proj = nn.ModuleDict(
+            {s: nn.Sequential(nn.Conv2d(i, o, 1, 1), nn.BatchNorm2d(o)) for s, (i, o) in proj_dims.items()}
+        )
+        self.conv_refiner = nn.ModuleDict({s: ConvRefiner(**spec) for s, spec in _refiner_specs().items()})
+        self.refine_init = 4
+
+    def forward(self, f0: dict, f1: dict, scale_factor: float = 1.0, init=None) -> dict:
+        scales = self.scales if init is None else self.scales[1:]
+        sizes = {s: f0[s].shape[-2:] for s in f0}
+        h, w = sizes[1]
+        b = f0[1].shape[0]
+        first = int(scales[0])
+        if init is None:
+            flow = _grid_bchw(b, *sizes[first], f0[1].device)
+            certainty = None
+        else:
+            flow = F.interpolate(init[0], size=sizes[first], mode="bilinear", align_corners=False)
+            certainty = F.interpolate(init[1], size=sizes[first], mode="bilinear", align_corners=False)
+        out: dict = {}
+        for s in scales:
+            ins = int(s)
+            a, c = self.proj[s](f0[ins].float()), self.proj[s](f1[ins].float())
+            if s in self.gps:
+                posterior = self.gps[s](a, c)
+                logits, certainty = self.embedding_decoder(posterior, a)
+                flow = anchors_to_warp(logits)
+            delta, delta_cert = self.conv_refiner[s](a, c, flow, scale_factor=scale_factor)
+            displacement = ins * torch.stack(
+                (delta[:, 0].float() / (self.refine_init * w), delta[:, 1].float() / (self.refine_init * h)),
+                dim=1,
+            )
+            flow = flow + displacement
+            certainty = certainty + delta_cert
+            out[ins] = {"flow": flow, "certainty": certainty}
+            if s != "1":
+                nxt = sizes[ins // 2]
+                flow = F.interpolate(flow, size=nxt, mode="bilinear")
+                certainty = F.interpolate(certainty, size=nxt, mode="bilinear")
+        return out

@@ -1,0 +1,258 @@
+"""The L2M / L2M++ dense matcher (a RoMa-architecture network).
+
+Source: L2M, "Learning Dense Feature Matching via Lifting Single 2D Image to 3D
+Space" (ICCV 2025), whose released matcher is RoMa (CVPR 2024) with a
+3D-aware DINOv2; inference follows romatch 0.1.2 ``RegressionMatcher.match`` and
+the authors' fork (Sharpiless/L2M), the differences being switches of
+:class:`~l2m_plugin.config.MatcherConfig`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import MatcherConfig
+from ..coords import normalized_grid, normalized_to_pixel
+from ..sampling import balanced_sample
+from .decoder import Decoder
+from .encoder import VIT_CONFIGS, Encoder
+
+__all__ = ["L2M"]
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class L2M(nn.Module):
+    """Dense matcher: ``out = model({"image0": x0, "image1": x1})``.
+
+    Build it with :meth:`from_pretrained` (official or local weights) or directly
+    ``L2M(config)`` (random weights). The module is created in eval mode.
+
+    Args:
+        config: :class:`MatcherConfig`; keyword overrides are applied on top.
+        weights_name: label of the weights this model carries (shown in outputs).
+    """
+
+    def __init__(self, config: MatcherConfig | None = None, weights_name: str = "random-init", **overrides):
+        super().__init__()
+        config = config or MatcherConfig()
+        if overrides:
+            config = config.replace(**overrides)
+        self.config = config
+        self.weights_name = weights_name
+        self.encoder = Encoder(config.encoder)
+        self.decoder = Decoder(vit_dim=VIT_CONFIGS[config.encoder][1], gp_solve=config.gp_solve)
+        self.register_buffer("_mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.eval()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, weights: Any = "l2mpp-v2", config: MatcherConfig | None = None, **kwargs) -> L2M:
+        """Build a matcher and load weights (see :func:`l2m_plugin.weights.load_matcher`).
+
+        Args:
+            weights: a registry name (``l2m_plugin.weights.REGISTRY``), a path to a
+                checkpoint file, or a state dict.
+            config: overrides the config stored with / implied by the weights.
+            **kwargs: ``encoder_weights=``, ``device=``, ``map_location=``, and
+                MatcherConfig field overrides.
+        Raises:
+            l2m_plugin.weights.WeightsError: unknown name, offline download,
+                unreadable or mismatching checkpoint.
+        """
+        from ..weights import load_matcher
+
+        return load_matcher(weights, config=config, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.embedding_decoder.to_out.weight.device
+
+    # ------------------------------------------------------------------ forward
+    def _prepare(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        if self.config.color_order == "BGR":
+            x = x.flip(1)
+        if self.config.normalize:
+            x = (x - self._mean) / self._std
+        return x
+
+    def _autocast(self, device: torch.device):
+        if self.config.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.config.torch_dtype)
+
+    def _decode(self, feats: dict, b: int, scale_factor: float, init=None) -> dict:
+        if self.config.symmetric:
+            f0 = feats
+            f1 = {s: torch.cat((f[b:], f[:b])) for s, f in feats.items()}
+        else:
+            f0 = {s: f[:b] for s, f in feats.items()}
+            f1 = {s: f[b:] for s, f in feats.items()}
+        return self.decoder(f0, f1, scale_factor=scale_factor, init=init)
+
+    @staticmethod
+    def _check_images(data: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        for key in ("image0", "image1"):
+            if key not in data:
+                raise KeyError(f"input dict needs {key!r}: a (B, 3, H, W) float tensor in [0, 1]")
+            x = data[key]
+            if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+                shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+                raise ValueError(f"{key} must be a (B, 3, H, W) float tensor in [0, 1], got {shape}")
+        x0, x1 = data["image0"], data["image1"]
+        if x0.shape[0] != x1.shape[0]:
+            raise ValueError(f"image0 and image1 need the same batch size, got {x0.shape[0]} and {x1.shape[0]}")
+        return x0, x1
+
+    def forward(self, data: dict) -> dict:
+        """Dense matching of a batch of image pairs.
+
+        Args:
+            data: ``image0``, ``image1``: (B, 3, H_i, W_i) float RGB in [0, 1]
+                (sizes may differ between the two images). They are resized
+                (torch bicubic, antialiased) to ``config.coarse_res`` unless
+                already that size; optional ``image0_upsample``/``image1_upsample``
+                at ``config.upsample_res`` are used for the refinement pass instead
+                of resizing (``match`` passes PIL-resized images, as RoMa does).
+        Returns:
+            dict with
+            ``warp0``: (B, Ho, Wo, 2) float32: for each pixel centre of image 0 (on
+            the Ho x Wo output grid, ``config.output_res``) its match in image 1,
+            normalised coordinates (x, y) in [-1, 1] (see :mod:`l2m_plugin.coords`);
+            ``certainty0``: (B, Ho, Wo) float32 in [0, 1] (0 where the warp left
+            the image); ``warp1``/``certainty1``: image 1 to image 0 (symmetric
+            mode only); ``size0``/``size1``: (W, H) of the inputs in pixels.
+            Every sample of a batch is computed independently: B > 1 gives the
+            same result as B = 1.
+        Raises:
+            KeyError, ValueError: malformed inputs (message names the key).
+        """
+        x0, x1 = self._check_images(data)
+        cfg = self.config
+        b = x0.shape[0]
+        sf_coarse, sf_up = cfg.scale_factors()
+        with self._autocast(x0.device):
+            coarse = torch.cat((self._prepare(x0, cfg.coarse_res), self._prepare(x1, cfg.coarse_res)))
+            corr = self._decode(self.encoder(coarse, with_vit=True), b, sf_coarse)
+            del coarse
+            final = corr[1]
+            if cfg.upsample_res is not None:
+                u0 = data.get("image0_upsample", x0)
+                u1 = data.get("image1_upsample", x1)
+                fine = torch.cat((self._prepare(u0, cfg.upsample_res), self._prepare(u1, cfg.upsample_res)))
+                feats = self.encoder(fine, with_vit=False)
+                del fine
+                final = self._decode(feats, b, sf_up, init=(final["flow"], final["certainty"]))[1]
+        flow, logit = final["flow"].float(), final["certainty"].float()
+        if cfg.attenuate_cert:
+            low = F.interpolate(corr[16]["certainty"].float(), size=flow.shape[-2:], mode="bilinear", align_corners=False)
+            logit = logit - 0.5 * low * (low < 0)
+        certainty = logit[:, 0].sigmoid()
+        warp = flow.permute(0, 2, 3, 1)
+        certainty = certainty.masked_fill((warp.abs() > 1).any(dim=-1), 0.0)
+        warp = warp.clamp(-1, 1)
+        out = {
+            "warp0": warp[:b],
+            "certainty0": certainty[:b],
+            "size0": (int(x0.shape[-1]), int(x0.shape[-2])),
+            "size1": (int(x1.shape[-1]), int(x1.shape[-2])),
+        }
+        if cfg.symmetric:
+            out["warp1"], out["certainty1"] = warp[b:], certainty[b:]
+        return out
+
+    # ------------------------------------------------------------------ images
+    @torch.inference_mode()
+    def match(self, image0, image1, *, exif: bool = True, device: torch.device | str | None = None) -> dict:
+        """Match two images given as paths, PIL images or arrays.
+
+        Images are read by :func:`l2m_plugin.io.load_image` (EXIF orientation
+        applied, grayscale / RGBA / CMYK / 16-bit converted to 8-bit RGB) and
+        resized with PIL bicubic to ``coarse_res`` and ``upsample_res``, exactly
+        as RoMa's test transform does. Any size and aspect ratio is accepted
+        (the image is stretched, as in RoMa; the warp is in normalised coordinates).
+
+        Returns:
+            :meth:`forward`'s dict for B = 1, with ``size0``/``size1`` the upright
+            image sizes (W, H) and ``images``: the two
+            :class:`~l2m_plugin.io.LoadedImage` (for mapping keypoints back to the
+            stored pixel grid in :meth:`sample`).
+        Raises:
+            l2m_plugin.io.ImageLoadError: unreadable image (message names the file).
+        """
+        from ..io import load_image, resize_to_tensor
+
+        self.eval()
+        device = torch.device(device) if device is not None else self.device
+        ims = (load_image(image0, exif=exif), load_image(image1, exif=exif))
+        data = {}
+        for i, im in enumerate(ims):
+            data[f"image{i}"] = resize_to_tensor(im.image, self.config.coarse_res)[None].to(device)
+            if self.config.upsample_res is not None:
+                data[f"image{i}_upsample"] = resize_to_tensor(im.image, self.config.upsample_res)[None].to(device)
+        out = self(data)
+        out["size0"], out["size1"] = ims[0].size, ims[1].size
+        out["images"] = ims
+        return out
+
+    def sample(
+        self,
+        out: dict,
+        num: int = 5000,
+        *,
+        generator: torch.Generator | None = None,
+        batch_index: int = 0,
+        frame: str = "stored",
+        balanced: bool = True,
+    ) -> dict:
+        """Draw sparse matches from a dense output (balanced sampling, see :mod:`l2m_plugin.sampling`).
+
+        Args:
+            out: output of :meth:`forward` or :meth:`match`.
+            num: number of matches (fewer when fewer pixels have certainty > 0).
+            generator: the same generator state gives the same matches.
+            batch_index: which pair of a batch.
+            frame: ``"stored"`` (default): keypoints in the pixel grid of the image
+                files as stored, i.e. before EXIF orientation, as COLMAP keeps them;
+                ``"upright"``: in the EXIF-rotated image the network saw. Tensor
+                inputs have no EXIF, so both frames coincide.
+            balanced: apply RoMa's density balancing (else plain certainty draw).
+        Returns:
+            dict: ``keypoints0`` (M, 2) and ``keypoints1`` (M, 2) float32 pixel
+            coordinates in each original image, COLMAP convention (top-left corner
+            at (0, 0), pixel centres at i + 0.5); ``certainty`` (M,) float32 raw
+            certainty in [0, 1] (never clipped or thresholded).
+        Raises:
+            ValueError: unknown frame or num < 1.
+        """
+        if frame not in ("stored", "upright"):
+            raise ValueError(f"frame must be 'stored' or 'upright', got {frame!r}")
+        warp0, cert0 = out["warp0"][batch_index], out["certainty0"][batch_index]
+        h, w = warp0.shape[:2]
+        grid = normalized_grid(h, w, device=warp0.device)
+        matches = [torch.cat((grid, warp0), dim=-1).reshape(-1, 4)]
+        certs = [cert0.reshape(-1)]
+        if "warp1" in out:
+            warp1, cert1 = out["warp1"][batch_index], out["certainty1"][batch_index]
+            grid1 = normalized_grid(*warp1.shape[:2], device=warp1.device)
+            matches.append(torch.cat((warp1, grid1), dim=-1).reshape(-1, 4))
+            certs.append(cert1.reshape(-1))
+        m, c = balanced_sample(
+            torch.cat(matches), torch.cat(certs), num, self.config.sample_thresh, balanced, generator
+        )
+        (w0, h0), (w1, h1) = out["size0"], out["size1"]
+        k0 = normalized_to_pixel(m[:, :2].float(), w0, h0)
+        k1 = normalized_to_pixel(m[:, 2:].float(), w1, h1)
+        if frame == "stored" and "images" in out:
+            k0 = out["images"][0].to_stored(k0)
+            k1 = out["images"][1].to_stored(k1)
+        return {"keypoints0": k0, "keypoints1": k1, "certainty": c.float()}

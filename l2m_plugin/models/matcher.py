@@ -48,9 +48,15 @@ class L2M(nn.Module):
         self.weights_name = weights_name
         self.encoder = Encoder(config.encoder)
         self.decoder = Decoder(vit_dim=VIT_CONFIGS[config.encoder][1], gp_solve=config.gp_solve)
-        self.register_buffer("_mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_mean", torch.empty(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.empty(1, 3, 1, 1), persistent=False)
+        self.reset_buffers()
         self.eval()
+
+    def reset_buffers(self) -> None:
+        """(Re)create the non-persistent input-normalisation buffers on CPU (after meta-device loading)."""
+        self._mean = torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
+        self._std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -1,0 +1,473 @@
+#!/usr/bin/env python
+"""CPU speed and peak memory of ``l2m_plugin`` next to romatch 0.1.2, same weights, same inputs.
+
+Both implementations compute the same function here: ``l2m_plugin`` runs the
+``"romatch"`` preset (ImageNet normalisation, RoMa displacement scaling, Cholesky
+GP solve) at the requested resolutions, and romatch's ``roma_model`` is built
+from the very same random weights. What is timed, per implementation:
+
+* ``match``: ``L2M.match(path0, path1)`` / ``RegressionMatcher.match(path0, path1)``
+  (image loading and resizing included, as a user calls it);
+* ``sample``: ``L2M.sample(out, num=N, generator=...)`` /
+  ``RegressionMatcher.sample(warp, certainty, num=N)`` followed by
+  ``to_pixel_coordinates`` (our ``sample`` returns pixel keypoints, so romatch's
+  conversion is counted too; it costs next to nothing).
+
+How: the parent process draws one random checkpoint (``torch.manual_seed(seed)``,
+``L2M(config)``, random BatchNorm running statistics) and writes it in the
+official two-file layout (``save_official_layout``) to a temporary directory. Each
+implementation then runs in its own child process (this script re-invoked with a
+hidden ``--child`` flag) that loads only what it needs from those files, so its
+peak RSS (``ru_maxrss``) is its own: the l2m child through
+``l2m_plugin.weights.load_matcher``, the romatch child through ``torch.load`` +
+``roma_model``. Memory is reported three ways: RSS right after loading the model,
+the whole-process peak, and the peak during the timed ``match`` + ``sample`` runs
+alone (the kernel's peak counter is reset after loading by writing ``5`` to
+``/proc/self/clear_refs``; romatch's loading briefly holds both a randomly
+initialised model and the loaded state dict, which the whole-process peak
+includes and the inference peak does not). Each child saves its dense output of the last run; the parent
+compares them (max |difference| of warp and certainty in both directions).
+
+Example (a few minutes, ~7 GB per child at the defaults)::
+
+    python benchmarks/speed.py --json /tmp/speed.json
+    python benchmarks/speed.py --coarse-res 224 --upsample-res 0 --runs 1 --warmup 0   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_DEFAULT_PAIRS = Path(__file__).resolve().parents[1].parent / "shared/data/pairs"
+_IMPLS = ("l2m", "romatch")
+_LABELS = {"l2m": "l2m_plugin", "romatch": "romatch"}
+
+
+def _parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Time match + sample of l2m_plugin and romatch 0.1.2 on CPU, on the same random "
+        "weights and images, each in its own process (clean peak RSS), and check that the outputs agree.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--image0", type=Path, default=_DEFAULT_PAIRS / "sacre_coeur_A.jpg", help="first image"
+    )
+    p.add_argument(
+        "--image1", type=Path, default=_DEFAULT_PAIRS / "sacre_coeur_B.jpg", help="second image"
+    )
+    p.add_argument(
+        "--coarse-res", type=int, default=560, help="coarse resolution (square, multiple of 14)"
+    )
+    p.add_argument(
+        "--upsample-res",
+        type=int,
+        default=864,
+        help="upsampling-pass resolution (square, multiple of 8); 0 = none",
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each child")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    p.add_argument("--runs", type=int, default=3, help="timed runs (medians are reported)")
+    p.add_argument("--num-matches", type=int, default=5000, help="matches drawn by sample")
+    p.add_argument(
+        "--only",
+        choices=("both", "l2m", "romatch"),
+        default="both",
+        help="which implementation(s) to run",
+    )
+    p.add_argument("--json", type=Path, default=None, help="write all results to this JSON file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of sampling")
+    # Internal: run one implementation in this process (used by the parent).
+    p.add_argument("--child", choices=_IMPLS, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--workdir", type=Path, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.coarse_res <= 0 or args.coarse_res % 14:
+        p.error(f"--coarse-res must be a positive multiple of 14, got {args.coarse_res}")
+    if args.upsample_res < 0 or args.upsample_res % 8:
+        p.error(f"--upsample-res must be 0 or a positive multiple of 8, got {args.upsample_res}")
+    if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.num_matches < 1:
+        p.error("--runs, --threads and --num-matches must be >= 1 and --warmup >= 0")
+    for im in (args.image0, args.image1):
+        if not im.is_file():
+            p.error(f"image not found: {im}")
+    return args
+
+
+def _config(args):
+    from l2m_plugin.config import PRESETS
+
+    return PRESETS["romatch"].replace(
+        coarse_res=args.coarse_res, upsample_res=args.upsample_res or None
+    )
+
+
+def _rss_now_gib() -> float:
+    """Current resident set size (VmRSS) in GiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM, which ``ru_maxrss`` reads) to the current
+    RSS, so that the peak of inference alone can be read later. False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _log(impl: str, msg: str) -> None:
+    print(f"[{impl}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- parent
+def _make_checkpoint(args, workdir: Path) -> tuple[Path, Path]:
+    """Random weights (seeded) in the official layout: matcher file + DINOv2 file."""
+    import torch
+
+    from l2m_plugin import L2M
+    from l2m_plugin.weights import save_official_layout
+
+    t = time.perf_counter()
+    torch.manual_seed(args.seed)
+    model = L2M(_config(args))
+    # Random BatchNorm running statistics (fresh ones are 0 / 1, which would hide
+    # any mix-up of mean and variance between the two implementations).
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.copy_(torch.randn(buf.shape, generator=gen) * 0.1)
+            elif name.endswith("running_var"):
+                buf.copy_(torch.rand(buf.shape, generator=gen) + 0.5)
+    paths = save_official_layout(model, workdir / "matcher.pth", workdir / "encoder.pth")
+    del model
+    gc.collect()
+    print(
+        f"random checkpoint (seed {args.seed}) written in {time.perf_counter() - t:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    return paths
+
+
+def _run_child(args, impl: str, workdir: Path) -> dict:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child", impl,
+        "--workdir", str(workdir),
+        "--image0", str(args.image0),
+        "--image1", str(args.image1),
+        "--coarse-res", str(args.coarse_res),
+        "--upsample-res", str(args.upsample_res),
+        "--threads", str(args.threads),
+        "--warmup", str(args.warmup),
+        "--runs", str(args.runs),
+        "--num-matches", str(args.num_matches),
+        "--seed", str(args.seed),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True)
+    with open(workdir / f"{impl}.json") as f:
+        return json.load(f)
+
+
+def _compare(workdir: Path) -> dict:
+    import torch
+
+    a = torch.load(workdir / "l2m_out.pt", weights_only=True)
+    b = torch.load(workdir / "romatch_out.pt", weights_only=True)
+    diffs = {}
+    for k in ("warp0", "warp1", "certainty0", "certainty1"):
+        if a[k].shape != b[k].shape:
+            diffs[k] = {"error": f"shape {tuple(a[k].shape)} vs {tuple(b[k].shape)}"}
+            continue
+        d = (a[k].double() - b[k].double()).abs()
+        diffs[k] = {"max_abs": d.max().item(), "mean_abs": d.mean().item()}
+    return diffs
+
+
+def _fmt(x: float, nd: int = 2) -> str:
+    return f"{x:.{nd}f}"
+
+
+def _report(args, settings: dict, results: dict, diffs: dict | None) -> tuple[str, dict]:
+    lines = [
+        f"Settings: coarse {args.coarse_res}x{args.coarse_res}, upsample "
+        + (f"{args.upsample_res}x{args.upsample_res}" if args.upsample_res else "none")
+        + f", symmetric, float32, {args.threads} threads, {args.warmup} warm-up + {args.runs} timed runs "
+        f"(medians), {args.num_matches} matches, seed {args.seed}",
+        f"Images: {settings['image0']} ({settings['size0'][0]}x{settings['size0'][1]}), "
+        f"{settings['image1']} ({settings['size1'][0]}x{settings['size1'][1]})",
+        f"Date: {settings['date']}; CPU: {settings['cpu']} ({settings['cpu_count']} logical cores); "
+        f"torch {settings['torch']}; romatch {settings['romatch']}; Python {settings['python']}",
+        "",
+        "| impl | match s | sample s | total s | RSS after load GiB | peak RSS GiB | peak RSS in match+sample GiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for impl in _IMPLS:
+        if impl in results:
+            r = results[impl]
+            lines.append(
+                f"| {_LABELS[impl]} | {_fmt(r['match_s'])} | {_fmt(r['sample_s'], 3)} | {_fmt(r['total_s'])} | "
+                f"{_fmt(r['load_rss_gib'])} | {_fmt(r['peak_rss_gib'])} | "
+                f"{_fmt(r['infer_peak_rss_gib']) if r['infer_peak_rss_gib'] is not None else 'n/a'} |"
+            )
+    ratios = {}
+    if "l2m" in results and "romatch" in results:
+        a, b = results["l2m"], results["romatch"]
+        ratios = {
+            "match_time": a["match_s"] / b["match_s"],
+            "sample_time": a["sample_s"] / b["sample_s"],
+            "total_time": a["total_s"] / b["total_s"],
+            "peak_rss": a["peak_rss_gib"] / b["peak_rss_gib"],
+        }
+        if a["infer_peak_rss_gib"] is not None and b["infer_peak_rss_gib"] is not None:
+            ratios["infer_peak_rss"] = a["infer_peak_rss_gib"] / b["infer_peak_rss_gib"]
+        lines += [
+            "",
+            f"l2m / romatch time: {ratios['total_time']:.2f} (match {ratios['match_time']:.2f}, "
+            f"sample {ratios['sample_time']:.2f})",
+            f"l2m / romatch peak memory: {ratios['peak_rss']:.2f}"
+            + (
+                f" (whole process; match+sample only: {ratios['infer_peak_rss']:.2f})"
+                if "infer_peak_rss" in ratios
+                else " (whole process)"
+            ),
+        ]
+    if diffs:
+        lines += ["", "Equivalence (last run, l2m_plugin vs romatch):", ""]
+        lines += ["| output | max abs diff | mean abs diff |", "|---|---:|---:|"]
+        for k, d in diffs.items():
+            if "error" in d:
+                lines.append(f"| {k} | {d['error']} | |")
+            else:
+                lines.append(f"| {k} | {d['max_abs']:.3g} | {d['mean_abs']:.3g} |")
+    return "\n".join(lines), ratios
+
+
+def _parent(args) -> None:
+    import importlib.metadata as md
+
+    import torch
+    from PIL import Image
+
+    impls = _IMPLS if args.only == "both" else (args.only,)
+    settings = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "romatch": md.version("romatch"),
+        "python": platform.python_version(),
+        "image0": str(args.image0),
+        "image1": str(args.image1),
+        "size0": Image.open(args.image0).size,
+        "size1": Image.open(args.image1).size,
+        "coarse_res": args.coarse_res,
+        "upsample_res": args.upsample_res or None,
+        "threads": args.threads,
+        "warmup": args.warmup,
+        "runs": args.runs,
+        "num_matches": args.num_matches,
+        "seed": args.seed,
+        "l2m_config": _config(args).to_dict(),
+    }
+    with tempfile.TemporaryDirectory(prefix="l2m_speed_") as tmp:
+        workdir = Path(tmp)
+        _make_checkpoint(args, workdir)
+        results = {impl: _run_child(args, impl, workdir) for impl in impls}
+        diffs = _compare(workdir) if len(impls) == 2 else None
+    table, ratios = _report(args, settings, results, diffs)
+    print(table, flush=True)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "settings": settings,
+                    "results": results,
+                    "ratios": ratios,
+                    "equivalence": diffs,
+                    "table": table,
+                },
+                f,
+                indent=2,
+            )
+        print(f"\nresults written to {args.json}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- children
+def _load_info(impl: str, t0: float) -> dict:
+    """Time and memory of building the model from the checkpoint files."""
+    info = {
+        "load_s": time.perf_counter() - t0,
+        "load_rss_gib": _rss_now_gib(),
+        "load_peak_rss_gib": _peak_rss_gib(),
+        "infer_peak_is_separate": _reset_peak_rss(),
+    }
+    _log(
+        impl,
+        f"model loaded in {info['load_s']:.1f} s, RSS {info['load_rss_gib']:.2f} GiB, peak {info['load_peak_rss_gib']:.2f} GiB",
+    )
+    return info
+
+
+def _time_loop(impl: str, args, match_fn, sample_fn) -> tuple[dict, object]:
+    match_t, sample_t = [], []
+    out = None
+    for i in range(args.warmup + args.runs):
+        gc.collect()
+        t0 = time.perf_counter()
+        out = match_fn()
+        t1 = time.perf_counter()
+        kpts = sample_fn(out)
+        t2 = time.perf_counter()
+        timed = i >= args.warmup
+        if timed:
+            match_t.append(t1 - t0)
+            sample_t.append(t2 - t1)
+        _log(
+            impl,
+            f"{'run' if timed else 'warm-up'} {i - args.warmup + 1 if timed else i + 1}: match {t1 - t0:.2f} s, "
+            f"sample {t2 - t1:.3f} s ({kpts} matches), RSS {_rss_now_gib():.2f} GiB, peak {_peak_rss_gib():.2f} GiB",
+        )
+    totals = [m + s for m, s in zip(match_t, sample_t, strict=True)]
+    return {
+        "infer_peak_rss_gib": _peak_rss_gib(),
+        "match_s": statistics.median(match_t),
+        "sample_s": statistics.median(sample_t),
+        "total_s": statistics.median(totals),
+        "match_runs_s": match_t,
+        "sample_runs_s": sample_t,
+    }, out
+
+
+def _child_l2m(args, workdir: Path) -> tuple[dict, dict]:
+    import torch
+
+    from l2m_plugin.weights import load_matcher
+
+    t = time.perf_counter()
+    model = load_matcher(
+        workdir / "matcher.pth", encoder_weights=workdir / "encoder.pth", config=_config(args)
+    )
+    load = _load_info("l2m", t)
+
+    def sample(out):
+        kp = model.sample(
+            out, num=args.num_matches, generator=torch.Generator().manual_seed(args.seed)
+        )
+        return len(kp["keypoints0"])
+
+    stats, out = _time_loop("l2m", args, lambda: model.match(args.image0, args.image1), sample)
+    dense = {k: out[k][0].contiguous() for k in ("warp0", "warp1", "certainty0", "certainty1")}
+    return {**load, **stats}, dense
+
+
+def _child_romatch(args, workdir: Path) -> tuple[dict, dict]:
+    import torch
+    from PIL import Image
+    from romatch.models.model_zoo.roma_models import roma_model
+
+    c, u = args.coarse_res, args.upsample_res
+    t = time.perf_counter()
+    matcher_sd = torch.load(workdir / "matcher.pth", map_location="cpu", weights_only=True)
+    dino_sd = torch.load(workdir / "encoder.pth", map_location="cpu", weights_only=True)
+    model = roma_model(
+        resolution=(c, c),
+        upsample_preds=bool(u),
+        weights=matcher_sd,
+        dinov2_weights=dino_sd,
+        device="cpu",
+        use_custom_corr=False,
+        upsample_res=(u, u) if u else None,
+        symmetric=True,
+    )
+    del matcher_sd, dino_sd
+    gc.collect()
+    model.eval()
+    load = _load_info("romatch", t)
+    (w_a, h_a), (w_b, h_b) = Image.open(args.image0).size, Image.open(args.image1).size
+
+    def sample(out):
+        warp, certainty = out
+        torch.manual_seed(args.seed)  # romatch samples from the global generator
+        matches, _ = model.sample(warp, certainty, num=args.num_matches)
+        kpts_a, _ = model.to_pixel_coordinates(matches, h_a, w_a, h_b, w_b)
+        return len(kpts_a)
+
+    stats, (warp, cert) = _time_loop(
+        "romatch",
+        args,
+        lambda: model.match(str(args.image0), str(args.image1), device="cpu"),
+        sample,
+    )
+    # romatch: warp (1, H, 2W, 4) = [A->B | B->A] side by side, (xA, yA, xB, yB); certainty (1, H, 2W).
+    w = cert.shape[-1] // 2
+    dense = {
+        "warp0": warp[0, :, :w, 2:].contiguous(),
+        "warp1": warp[0, :, w:, :2].contiguous(),
+        "certainty0": cert[0, :, :w].contiguous(),
+        "certainty1": cert[0, :, w:].contiguous(),
+    }
+    return {**load, **stats}, dense
+
+
+def _child(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t = time.perf_counter()
+    stats, dense = (_child_l2m if args.child == "l2m" else _child_romatch)(args, args.workdir)
+    # Whole-process peak: the larger of the load-time peak and the peak since the reset.
+    stats["peak_rss_gib"] = max(stats["load_peak_rss_gib"], stats["infer_peak_rss_gib"])
+    if not stats["infer_peak_is_separate"]:  # counter not reset: the inference peak is unknown
+        stats["infer_peak_rss_gib"] = None
+    torch.save(dense, args.workdir / f"{args.child}_out.pt")
+    stats["wall_s"] = time.perf_counter() - t
+    with open(args.workdir / f"{args.child}.json", "w") as f:
+        json.dump(stats, f, indent=2)
+
+
+def main(argv=None) -> None:
+    args = _parse_args(argv)
+    if args.child is None:
+        _parent(args)
+    else:
+        _child(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,460 @@
+"""Weights: the registry of released checkpoints, download into the torch hub cache,
+and strict loading of every checkpoint layout into :class:`l2m_plugin.L2M`.
+
+Layouts understood by :func:`load_matcher`:
+
+``official`` (RoMa / L2M release)
+    The matcher file holds RoMa's ``RegressionMatcher`` state dict (keys
+    ``encoder.cnn.layers.*`` and ``decoder.*``) *without* the ViT, which RoMa keeps
+    outside its state dict; the ViT comes from a second file in DINOv2's own key
+    layout (``cls_token``, ``pos_embed``, ``mask_token``, ``patch_embed.proj.*``,
+    ``blocks.<i>.*`` or chunked ``blocks.<c>.<i>.*``, ``norm.*``), mapped here onto
+    the timm model (``mask_token`` is dropped: it is only used for masked training).
+``lightning``
+    The same dicts nested under ``state_dict`` (PyTorch Lightning ``.ckpt``, e.g.
+    ``l2m++_560x560v2.pth.ckpt``), possibly with ``model.`` or ``module.`` prefixes.
+``l2m_plugin``
+    Our own single file: ``{"format": "l2m_plugin", "config": {...},
+    "weights_name": str, "state_dict": {...}}`` with the whole model.
+
+Loading is strict: missing, unexpected and mis-shaped keys are all listed in
+the :class:`WeightsError`. Files are read with ``torch.load(weights_only=True)``;
+only if that refuses the file (pickled Python objects, as some Lightning
+checkpoints hold) is it read again with ``weights_only=False`` and a warning.
+
+Nothing here touches the network except :func:`download`, which
+:func:`load_matcher` calls only for registry names whose file is not cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from .config import PRESETS, MatcherConfig
+
+__all__ = [
+    "WeightsEntry",
+    "WeightsError",
+    "REGISTRY",
+    "cache_path",
+    "download",
+    "resolve",
+    "read_checkpoint",
+    "unwrap_state_dict",
+    "map_dinov2_keys",
+    "to_model_state_dict",
+    "load_matcher",
+    "save_checkpoint",
+    "save_official_layout",
+    "OFFLINE_ENV",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Set this environment variable to 1 to forbid downloads (cached files still load).
+OFFLINE_ENV = "L2M_OFFLINE"
+
+_HF = "https://huggingface.co/datasets/Liangyingping/L2Mpp-checkpoints/resolve/main/"
+_FORMAT = "l2m_plugin"
+
+
+class WeightsError(RuntimeError):
+    """A checkpoint could not be found, downloaded, read or matched to the model."""
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One released file.
+
+    Attributes:
+        name: registry name.
+        kind: ``"matcher"`` (decoder + VGG) or ``"encoder"`` (ViT only).
+        url: download URL (each name has its own).
+        filename: the file name as released.
+        encoder: for matchers, the registry name of the ViT weights they pair with.
+        preset: for matchers, the :data:`l2m_plugin.config.PRESETS` entry the
+            authors evaluate them with.
+        sha256, size: checksum and byte size when published (None when unknown:
+            the L2M release publishes neither).
+        source: where the URL comes from.
+    """
+
+    name: str
+    kind: str
+    url: str
+    filename: str
+    encoder: str | None = None
+    preset: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    source: str = ""
+
+
+REGISTRY: dict[str, WeightsEntry] = {
+    e.name: e
+    for e in (
+        WeightsEntry(
+            "l2mpp-v1", "matcher", _HF + "l2m%2B%2B_560x560.pth", "l2m++_560x560.pth",
+            encoder="dinov2l-distilled", preset="l2m",
+            source="Sharpiless/L2M romatch/models/model_zoo/__init__.py (weight_urls)",
+        ),
+        WeightsEntry(
+            "l2mpp-v2", "matcher", _HF + "l2m%2B%2B_560x560v2.pth.ckpt", "l2m++_560x560v2.pth.ckpt",
+            encoder="dinov2l-distilled", preset="l2m",
+            source="Sharpiless/L2M romatch/models/model_zoo/__init__.py (weight_urlsv2, which upstream never loads)",
+        ),
+        WeightsEntry(
+            "dinov2l-distilled", "encoder", _HF + "dinov2l_distilled.pth", "dinov2l_distilled.pth",
+            source="Sharpiless/L2M romatch/models/encoders.py (L2M's 3D-aware DINOv2 ViT-L/14)",
+        ),
+        WeightsEntry(
+            "dinov2-vitl14", "encoder",
+            "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth",
+            "dinov2_vitl14_pretrain.pth",
+            source="facebookresearch/dinov2 (original DINOv2 ViT-L/14, as romatch 0.1.2 uses)",
+        ),
+        WeightsEntry(
+            "roma-outdoor", "matcher",
+            "https://github.com/Parskatt/storage/releases/download/roma/roma_outdoor.pth",
+            "roma_outdoor.pth", encoder="dinov2-vitl14", preset="romatch",
+            source="romatch 0.1.2 models/model_zoo/__init__.py (RoMa outdoor, for comparison)",
+        ),
+    )
+}
+
+
+def _entry(name: str) -> WeightsEntry:
+    if name not in REGISTRY:
+        raise WeightsError(
+            f"Unknown weights name {name!r}. Known names: {', '.join(sorted(REGISTRY))}; "
+            "or pass a path to a checkpoint file."
+        )
+    return REGISTRY[name]
+
+
+def cache_path(entry: WeightsEntry | str) -> Path:
+    """Where a registry file is cached: ``<torch hub dir>/checkpoints/<basename of the URL>``.
+
+    This is the path ``torch.hub.load_state_dict_from_url`` uses, so files fetched
+    by the upstream code are reused.
+    """
+    entry = _entry(entry) if isinstance(entry, str) else entry
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(entry.url).path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verify(entry: WeightsEntry, path: Path) -> None:
+    if entry.size is not None and path.stat().st_size != entry.size:
+        raise WeightsError(
+            f"{path} has {path.stat().st_size} bytes, expected {entry.size} for {entry.name!r} "
+            f"({entry.url}). Delete the file and download it again."
+        )
+    if entry.sha256 is not None and _sha256(path) != entry.sha256:
+        raise WeightsError(
+            f"{path} does not match the SHA-256 of {entry.name!r} ({entry.url}). "
+            "Delete the file and download it again."
+        )
+
+
+def _local_file_hint(entry: WeightsEntry) -> str:
+    if entry.kind == "encoder":
+        return f"L2M.from_pretrained(..., encoder_weights='/path/to/{entry.filename}') or `l2m match --encoder-weights PATH`"
+    return f"L2M.from_pretrained('/path/to/{entry.filename}') or `l2m match --weights PATH`"
+
+
+def download(name: str | WeightsEntry, progress: bool = True) -> Path:
+    """Return the cached file of a registry entry, downloading it on first use.
+
+    The download goes to a temporary file beside the cache path and is moved into
+    place only when complete (``torch.hub.download_url_to_file``); size and
+    checksum are verified where known, and a file failing them is removed.
+
+    Raises:
+        WeightsError: unknown name; downloads disabled (``L2M_OFFLINE=1``) or the
+            URL unreachable: the message names the URL, the cache path expected
+            and how to pass a local file instead.
+    """
+    entry = _entry(name) if isinstance(name, str) else name
+    dst = cache_path(entry)
+    if dst.is_file():
+        _verify(entry, dst)
+        return dst
+    how = (
+        f"Download it yourself from {entry.url} and either put it at {dst} or pass the file: "
+        f"{_local_file_hint(entry)}."
+    )
+    if os.environ.get(OFFLINE_ENV, "0") not in ("", "0"):
+        raise WeightsError(f"Weights {entry.name!r} are not cached at {dst} and downloads are disabled ({OFFLINE_ENV}=1). {how}")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("Downloading %s to %s", entry.url, dst)
+    try:
+        torch.hub.download_url_to_file(entry.url, str(dst), progress=progress)
+    except Exception as exc:  # network errors come in many types (URLError, HTTPError, OSError, ...)
+        raise WeightsError(f"Could not download weights {entry.name!r} from {entry.url} ({type(exc).__name__}: {exc}). {how}") from exc
+    try:
+        _verify(entry, dst)
+    except WeightsError:
+        dst.unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def resolve(weights: str | os.PathLike, progress: bool = True) -> Path:
+    """A registry name (downloaded if needed) or an existing file path, as a Path.
+
+    Raises:
+        WeightsError: neither a known name nor an existing file.
+    """
+    if isinstance(weights, str) and weights in REGISTRY:
+        return download(weights, progress=progress)
+    path = Path(weights)
+    if path.is_file():
+        return path
+    raise WeightsError(
+        f"Weights {str(weights)!r} are neither a registry name ({', '.join(sorted(REGISTRY))}) "
+        "nor an existing checkpoint file."
+    )
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """``torch.load`` a checkpoint on CPU, with ``weights_only=True`` where the file allows it.
+
+    Raises:
+        WeightsError: file missing, empty, truncated or not a PyTorch checkpoint
+            (the message names the file and the fix).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"Checkpoint file not found: {path}")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"Checkpoint file {path} is empty. Delete it and download or copy it again.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if not isinstance(exc, __import__("pickle").UnpicklingError) or "weights_only" not in str(exc):
+            raise WeightsError(
+                f"Checkpoint file {path} is truncated or is not a PyTorch checkpoint "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                "Delete it and download or copy it again."
+            ) from exc
+    warnings.warn(
+        f"{path} holds pickled Python objects besides tensors; loading it with weights_only=False. "
+        "Only do this for files you trust.",
+        stacklevel=2,
+    )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise WeightsError(f"Checkpoint file {path} could not be read ({type(exc).__name__}: {exc}).") from exc
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """Extract a flat tensor state dict from a checkpoint object.
+
+    Unwraps ``state_dict`` (Lightning) and ``model`` nesting, then strips leading
+    ``module.`` (DDP) and ``model.`` (Lightning module attribute) prefixes.
+
+    Raises:
+        WeightsError: no tensor state dict inside.
+    """
+    if isinstance(obj, Mapping) and obj.get("format") == _FORMAT:
+        obj = obj["state_dict"]
+    for _ in range(3):
+        if isinstance(obj, Mapping) and not any(torch.is_tensor(v) for v in obj.values()):
+            inner = obj.get("state_dict", obj.get("model"))
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, Mapping) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
+        raise WeightsError("Checkpoint holds no tensor state dict (expected a dict of tensors, or one under 'state_dict' or 'model').")
+    out = {}
+    for k, v in obj.items():
+        while k.startswith(("module.", "model.")):
+            k = k.split(".", 1)[1]
+        out[k] = v
+    return out
+
+
+_CHUNKED = re.compile(r"^blocks\.\d+\.(\d+)\.(.*)$")
+
+
+def map_dinov2_keys(sd: Mapping[str, torch.Tensor], prefix: str = "encoder.dinov2.vit.") -> dict[str, torch.Tensor]:
+    """Map a DINOv2 state dict (facebookresearch layout) onto our timm ViT keys.
+
+    ``blocks.<chunk>.<i>.*`` (FSDP-chunked) becomes ``blocks.<i>.*``;
+    ``mask_token`` is dropped; everything else keeps its name under ``prefix``.
+    """
+    out = {}
+    for k, v in sd.items():
+        if k == "mask_token":
+            continue
+        m = _CHUNKED.match(k)
+        if m:
+            k = f"blocks.{m.group(1)}.{m.group(2)}"
+        out[prefix + k] = v
+    return out
+
+
+def to_model_state_dict(matcher_sd: Mapping[str, torch.Tensor], encoder_sd: Mapping[str, torch.Tensor] | None) -> dict:
+    """Combine an official matcher state dict and a DINOv2 state dict into our model's keys."""
+    sd = dict(matcher_sd)
+    if encoder_sd is not None:
+        sd.update(map_dinov2_keys(encoder_sd))
+    return sd
+
+
+def _has_encoder(sd: Mapping[str, Any]) -> bool:
+    return any(k.startswith("encoder.dinov2.") for k in sd)
+
+
+def _strict_load(model, sd: Mapping[str, torch.Tensor], what: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(sd) & set(expected)
+        if tuple(sd[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or shapes:
+
+        def fmt(title, items):
+            if not items:
+                return ""
+            shown = "\n    ".join(items[:15])
+            more = f"\n    ... and {len(items) - 15} more" if len(items) > 15 else ""
+            return f"\n  {title} ({len(items)}):\n    {shown}{more}"
+
+        raise WeightsError(
+            f"Weights from {what} do not fit the model (encoder={model.config.encoder!r}):"
+            + fmt("missing keys", missing)
+            + fmt("unexpected keys", unexpected)
+            + fmt("shape mismatches", shapes)
+            + "\nCheck that the file is an L2M/RoMa matcher checkpoint (and that the ViT weights, "
+            "passed as encoder_weights, are a DINOv2 state dict of the configured size)."
+        )
+    model.load_state_dict(sd, strict=True, assign=True)
+
+
+def _encoder_sd(encoder_weights: Any, progress: bool) -> tuple[dict, str]:
+    if isinstance(encoder_weights, Mapping):
+        return unwrap_state_dict(encoder_weights), "<encoder state dict>"
+    path = resolve(encoder_weights, progress)
+    return unwrap_state_dict(read_checkpoint(path)), str(path)
+
+
+def load_matcher(
+    weights: Any = "l2mpp-v2",
+    config: MatcherConfig | None = None,
+    encoder_weights: Any = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    **overrides,
+):
+    """Build an :class:`~l2m_plugin.L2M` and load weights into it, strictly.
+
+    Args:
+        weights: registry name (``REGISTRY``), path to a checkpoint file (any
+            layout in the module docstring), or a state dict.
+        config: matcher config; default: the one saved in an ``l2m_plugin``
+            checkpoint, else the registry entry's preset, else ``PRESETS["l2m"]``.
+        encoder_weights: ViT weights for official-layout matchers (which do not
+            contain the ViT): registry name, path or state dict. Default: the
+            registry entry's encoder (``dinov2l-distilled`` for L2M++).
+        device: where to put the model (default CPU).
+        progress: show download progress.
+        **overrides: MatcherConfig fields to change.
+    Returns:
+        The model in eval mode, ``weights_name`` set to the name or file used.
+    Raises:
+        WeightsError: see :func:`download`, :func:`read_checkpoint` and the strict
+            key check (all missing / unexpected / mis-shaped keys are listed).
+    """
+    from .models.matcher import L2M
+
+    entry = REGISTRY.get(weights) if isinstance(weights, str) else None
+    if entry is not None and entry.kind != "matcher":
+        raise WeightsError(f"{weights!r} is a ViT encoder checkpoint, not a matcher; pass it as encoder_weights=.")
+    saved_config = None
+    if isinstance(weights, Mapping):
+        obj, what, label = weights, "<state dict>", "state-dict"
+    else:
+        path = resolve(weights, progress)
+        obj, what = read_checkpoint(path), str(path)
+        label = weights if entry is not None else path.name
+    if isinstance(obj, Mapping) and obj.get("format") == _FORMAT:
+        saved_config = MatcherConfig.from_dict(obj["config"])
+        label = obj.get("weights_name", label)
+    sd = unwrap_state_dict(obj)
+    if config is None:
+        config = saved_config or PRESETS[entry.preset if entry is not None and entry.preset else "l2m"]
+    if overrides:
+        config = config.replace(**overrides)
+    if not _has_encoder(sd):
+        if encoder_weights is None:
+            encoder_weights = entry.encoder if entry is not None else REGISTRY["l2mpp-v2"].encoder
+        enc_sd, enc_what = _encoder_sd(encoder_weights, progress)
+        sd = to_model_state_dict(sd, enc_sd)
+        what = f"{what} + {enc_what}"
+    elif encoder_weights is not None:
+        enc_sd, enc_what = _encoder_sd(encoder_weights, progress)
+        sd.update(map_dinov2_keys(enc_sd))
+        what = f"{what} + {enc_what}"
+    with torch.device("meta"):
+        model = L2M(config, weights_name=str(label))
+    _strict_load(model, sd, what)
+    model.reset_buffers()
+    return model.to(device or "cpu").eval()
+
+
+def save_checkpoint(model, path: str | os.PathLike) -> Path:
+    """Save a model as a single ``l2m_plugin`` checkpoint (config + full state dict), atomically."""
+    obj = {
+        "format": _FORMAT,
+        "config": model.config.to_dict(),
+        "weights_name": model.weights_name,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    return _atomic_save(obj, Path(path))
+
+
+def save_official_layout(model, matcher_path: str | os.PathLike, encoder_path: str | os.PathLike, lightning: bool = False) -> tuple[Path, Path]:
+    """Write a model as the authors release it: a RoMa-layout matcher file and a
+    DINOv2-layout ViT file (with ``mask_token``). ``lightning=True`` nests the
+    matcher under ``state_dict`` with ``model.`` prefixes, like ``l2m++_560x560v2.pth.ckpt``.
+    Used to make offline test and demo checkpoints that exercise the official loading path.
+    """
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    prefix = "encoder.dinov2.vit."
+    matcher = {k: v for k, v in sd.items() if not k.startswith("encoder.dinov2.")}
+    enc = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    enc["mask_token"] = torch.zeros(1, enc["cls_token"].shape[-1])
+    if lightning:
+        matcher = {"epoch": 0, "global_step": 0, "state_dict": {"model." + k: v for k, v in matcher.items()}}
+    return _atomic_save(matcher, Path(matcher_path)), _atomic_save(enc, Path(encoder_path))
+
+
+def _atomic_save(obj: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path

@@ -44,7 +44,7 @@ def _cmd_match(args: argparse.Namespace) -> int:
     import torch
 
     from . import io as l2m_io
-    from .config import PRESETS
+    from .config import PRESETS, MatcherConfig
     from .matches_io import write_matches
     from .viz import draw_matches
     from .weights import WeightsError, load_matcher
@@ -59,6 +59,12 @@ def _cmd_match(args: argparse.Namespace) -> int:
     if args.dtype:
         overrides["dtype"] = args.dtype
     config = PRESETS[args.preset] if args.preset else None
+    if args.config:
+        try:
+            config = MatcherConfig.from_yaml(args.config)
+        except (OSError, ValueError) as exc:
+            print(f"l2m match: error: {exc}", file=sys.stderr)
+            return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     progress(f"loading weights {args.weights!r}" + (f" + encoder {args.encoder_weights!r}" if args.encoder_weights else ""))
@@ -122,16 +128,14 @@ def _cmd_match(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
-    import torch
-
     from .config import MatcherConfig
-    from .models.matcher import L2M
+    from .random_init import random_matcher
     from .weights import save_checkpoint, save_official_layout
 
     progress = _Progress(args.quiet)
-    torch.manual_seed(args.seed)
-    progress(f"building a randomly initialised {args.encoder} matcher (seed {args.seed})")
-    model = L2M(MatcherConfig(encoder=args.encoder), weights_name=f"random-init-seed{args.seed}")
+    progress(f"building a randomly initialised {args.encoder} matcher (seed {args.seed})"
+             + (f", BatchNorm calibrated on {args.calibrate_on}" if args.calibrate_on else ""))
+    model = random_matcher(MatcherConfig(encoder=args.encoder), seed=args.seed, calibration_images=args.calibrate_on)
     out = Path(args.out)
     if args.layout == "l2m_plugin":
         paths = [save_checkpoint(model, out / "l2m_random.pt")]
@@ -165,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--weights", default="l2mpp-v2", help="registry name (see `l2m weights`) or checkpoint path")
     m.add_argument("--encoder-weights", default=None, help="ViT weights for official-layout matchers (name or path)")
     m.add_argument("--preset", default=None, choices=["l2m", "l2m-fork-defaults", "romatch"], help="config preset")
+    m.add_argument("--config", default=None, help="matcher config YAML (e.g. configs/matcher/l2m.yaml); flags below override it")
     m.add_argument("--device", default="cpu")
     m.add_argument("--coarse-res", default=None, help="e.g. 560 or 560x784 (multiples of 14)")
     m.add_argument("--upsample-res", default=None, help="e.g. 864, 864x1152 or 0 for none (multiples of 8)")
@@ -181,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--layout", default="lightning", choices=["lightning", "official", "l2m_plugin"])
     c.add_argument("--encoder", default="vitl14", choices=["vitl14", "vitb14", "vits14"])
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--calibrate-on", nargs=2, metavar=("IMAGE0", "IMAGE1"), default=None,
+                   help="set BatchNorm statistics from these images (unit-scale activations)")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_make_checkpoint)
 

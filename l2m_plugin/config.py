@@ -132,6 +132,23 @@ class MatcherConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def from_yaml(cls, path, overrides: list[str] | None = None) -> MatcherConfig:
+        """Read a YAML file (e.g. ``configs/matcher/l2m.yaml``) with optional ``key=value`` overrides.
+
+        Raises:
+            ValueError: unknown fields or invalid values (message names the file).
+        """
+        from omegaconf import OmegaConf
+
+        conf = OmegaConf.load(path)
+        if overrides:
+            conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
+        try:
+            return cls.from_dict(OmegaConf.to_container(conf, resolve=True))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MatcherConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names

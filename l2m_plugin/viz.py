@@ -77,7 +77,8 @@ def draw_matches(
         draw.ellipse([x0 - 2, y0 + 22, x0 + 2, y0 + 26], outline=color)
         draw.ellipse([x1 + a.width - 2, y1 + 22, x1 + a.width + 2, y1 + 26], outline=color)
     if rows == 2:
-        to_np = (lambda t: t.float().cpu().numpy() if torch.is_tensor(t) else np.asarray(t))
+        def to_np(t):
+            return (t.float().cpu().numpy() if torch.is_tensor(t) else np.asarray(t))
         canvas.paste(_certainty_overlay(a, to_np(certainty0)), (0, height + 24))
         canvas.paste(_certainty_overlay(b, to_np(certainty1)), (a.width, height + 24))
         draw.text((4, height + 28), "certainty0", fill="white")

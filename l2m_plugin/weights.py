@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import re
 import warnings
 from collections.abc import Mapping
@@ -249,7 +250,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        if not isinstance(exc, __import__("pickle").UnpicklingError) or "weights_only" not in str(exc):
+        if not isinstance(exc, pickle.UnpicklingError) or "Unsupported global" not in str(exc):
             raise WeightsError(
                 f"Checkpoint file {path} is truncated or is not a PyTorch checkpoint "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "

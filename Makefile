@@ -1,0 +1,46 @@
+# Two commands do all the set-up on a fresh clone:
+#   make demo   create .venv, install, match the real Sacre-Coeur pair, write outputs/demo/
+#   make test   create .venv, install (with the dev extra), run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+L2M := $(VENV)/bin/l2m
+PAIRS ?= ../shared/data/pairs
+CKPT := outputs/random_checkpoint
+
+.PHONY: install demo test test-slow lint speed clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# The official weights cannot be downloaded here: the demo makes random weights in the
+# official file layout (Lightning v2 .ckpt + DINOv2 file) and loads them through the same
+# code path as the real files. With the real weights: l2m match A B --weights l2mpp-v2 --out DIR
+$(CKPT)/l2m++_560x560v2.pth.ckpt: | $(VENV)/.installed
+	$(L2M) make-checkpoint --out $(CKPT) --layout lightning --calibrate-on $(PAIRS)/sacre_coeur_A.jpg $(PAIRS)/sacre_coeur_B.jpg
+
+demo: install $(CKPT)/l2m++_560x560v2.pth.ckpt
+	$(L2M) match $(PAIRS)/sacre_coeur_A.jpg $(PAIRS)/sacre_coeur_B.jpg \
+		--weights $(CKPT)/l2m++_560x560v2.pth.ckpt --encoder-weights $(CKPT)/dinov2l_distilled.pth \
+		--out outputs/demo
+	@echo "Demo outputs: outputs/demo/matches.h5 (keypoints0, keypoints1, certainty, config) and outputs/demo/matches.png"
+
+test: install
+	$(PY) -m pytest
+
+test-slow: install
+	$(PY) -m pytest -m slow
+
+lint: install
+	$(VENV)/bin/ruff check l2m_plugin tests benchmarks
+
+speed: install
+	$(PY) benchmarks/speed.py
+
+clean:
+	rm -rf outputs

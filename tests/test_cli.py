@@ -1,0 +1,67 @@
+"""`l2m match` end to end on the real pair, through the official-layout loading path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+from PIL import Image
+
+from .conftest import shared_pair
+
+
+def run_l2m(*args, env=None, timeout=600):
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "l2m_plugin.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=e)
+
+
+def test_match_writes_h5_and_png(tmp_path, official_checkpoint):
+    a, b = shared_pair()
+    matcher, encoder = official_checkpoint
+    out = tmp_path / "out"
+    r = run_l2m("match", a, b, "--weights", matcher, "--encoder-weights", encoder, "--out", out,
+                "--coarse-res", "112", "--upsample-res", "168", "--num-matches", "500", "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    assert "model: l2m++_560x560v2.pth.ckpt" in r.stderr  # says which model ran
+    assert str(out / "matches.h5") in r.stdout and str(out / "matches.png") in r.stdout
+    sizes = [Image.open(p).size for p in (a, b)]
+    with h5py.File(out / "matches.h5") as f:
+        k0, k1, c = f["keypoints0"][()], f["keypoints1"][()], f["certainty"][()]
+        assert k0.shape == k1.shape == (500, 2) and c.shape == (500,)
+        assert tuple(f["image_size0"][()]) == sizes[0] and tuple(f["image_size1"][()]) == sizes[1]
+        assert '"coarse_res": [112, 112]' in f.attrs["config"] and f.attrs["seed"] == 1
+        assert "pixel centres" in f.attrs["pixel_convention"]
+    assert (k0 >= 0).all() and (k0[:, 0] <= sizes[0][0]).all() and (k0[:, 1] <= sizes[0][1]).all()
+    assert (k1[:, 0] <= sizes[1][0]).all() and ((c >= 0) & (c <= 1)).all() and np.unique(k0, axis=0).shape[0] > 400
+    png = Image.open(out / "matches.png")
+    assert png.width > 600 and png.height > 900  # matches row + certainty row
+    # same seed, same matches
+    r2 = run_l2m("match", a, b, "--weights", matcher, "--encoder-weights", encoder, "--out", tmp_path / "out2",
+                 "--coarse-res", "112", "--upsample-res", "168", "--num-matches", "500", "--seed", "1", "--quiet")
+    assert r2.returncode == 0, r2.stderr
+    with h5py.File(tmp_path / "out2" / "matches.h5") as f:
+        assert np.array_equal(f["keypoints0"][()], k0)
+
+
+def test_offline_default_weights_give_a_clear_error(tmp_path):
+    a, b = shared_pair()
+    r = run_l2m("match", a, b, "--out", tmp_path, env={"L2M_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "hub")})
+    assert r.returncode == 2
+    assert "huggingface.co" in r.stderr and "l2m%2B%2B_560x560v2.pth.ckpt" in r.stderr and "--weights PATH" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_image_and_truncated_checkpoint(tmp_path, official_checkpoint):
+    a, _ = shared_pair()
+    matcher, encoder = official_checkpoint
+    r = run_l2m("match", a, tmp_path / "nope.jpg", "--weights", matcher, "--encoder-weights", encoder,
+                "--out", tmp_path, "--coarse-res", "56", "--upsample-res", "0")
+    assert r.returncode == 2 and "nope.jpg" in r.stderr and "not found" in r.stderr and "Traceback" not in r.stderr
+    trunc = tmp_path / "trunc.ckpt"
+    with open(matcher, "rb") as f:
+        trunc.write_bytes(f.read(1 << 20))
+    r = run_l2m("match", a, a, "--weights", trunc, "--encoder-weights", encoder, "--out", tmp_path)
+    assert r.returncode == 2 and "trunc.ckpt" in r.stderr and "truncated" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,54 @@
+"""The tensor API contract of L2M.forward: keys, shapes, dtypes, ranges, modes."""
+
+import pytest
+import torch
+
+from l2m_plugin import L2M, MatcherConfig
+from l2m_plugin.weights import load_matcher
+
+SMALL = MatcherConfig(encoder="vits14", coarse_res=(56, 84), upsample_res=(64, 96))
+
+
+@pytest.fixture(scope="module")
+def sd():
+    torch.manual_seed(0)
+    return L2M(SMALL).state_dict()
+
+
+def test_output_contract(sd):
+    model = load_matcher(sd, config=SMALL)
+    x0, x1 = torch.rand(2, 3, 100, 130), torch.rand(2, 3, 70, 50)
+    with torch.inference_mode():
+        out = model({"image0": x0, "image1": x1})
+    assert out["warp0"].shape == out["warp1"].shape == (2, 64, 96, 2)
+    assert out["certainty0"].shape == out["certainty1"].shape == (2, 64, 96)
+    for k in ("warp0", "warp1", "certainty0", "certainty1"):
+        assert out[k].dtype == torch.float32 and torch.isfinite(out[k]).all()
+    assert out["warp0"].abs().max() <= 1 and 0 <= out["certainty0"].min() and out["certainty0"].max() <= 1
+    assert out["size0"] == (130, 100) and out["size1"] == (50, 70)
+
+
+def test_no_upsampling_and_non_symmetric(sd):
+    model = load_matcher(sd, config=SMALL.replace(upsample_res=None, symmetric=False))
+    with torch.inference_mode():
+        out = model({"image0": torch.rand(1, 3, 56, 84), "image1": torch.rand(1, 3, 56, 84)})
+    assert out["warp0"].shape == (1, 56, 84, 2) and "warp1" not in out and "certainty1" not in out
+    s = model.sample(out, 50, generator=torch.Generator().manual_seed(0))
+    assert len(s["keypoints0"]) == 50
+
+
+def test_non_symmetric_equals_the_first_half_of_symmetric(sd):
+    x0, x1 = torch.rand(1, 3, 56, 84), torch.rand(1, 3, 56, 84)
+    with torch.inference_mode():
+        sym = load_matcher(sd, config=SMALL)({"image0": x0, "image1": x1})
+        one = load_matcher(sd, config=SMALL.replace(symmetric=False))({"image0": x0, "image1": x1})
+    assert (sym["warp0"] - one["warp0"]).abs().max() <= 1e-5
+    assert (sym["certainty0"] - one["certainty0"]).abs().max() <= 1e-5
+
+
+def test_bfloat16_autocast_runs_and_returns_float32(sd):
+    model = load_matcher(sd, config=SMALL.replace(dtype="bfloat16"))
+    with torch.inference_mode():
+        out = model({"image0": torch.rand(1, 3, 56, 84), "image1": torch.rand(1, 3, 56, 84)})
+    assert out["warp0"].dtype == torch.float32 and torch.isfinite(out["warp0"]).all()
+    assert torch.isfinite(out["certainty0"]).all()

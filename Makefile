@@ -29,6 +29,7 @@ demo: install $(CKPT)/l2m++_560x560v2.pth.ckpt
 		--weights $(CKPT)/l2m++_560x560v2.pth.ckpt --encoder-weights $(CKPT)/dinov2l_distilled.pth \
 		--out outputs/demo
 	@echo "Demo outputs: outputs/demo/matches.h5 (keypoints0, keypoints1, certainty, config) and outputs/demo/matches.png"
+	@echo "(random weights in the official layout: the matches are meaningless; see README, Weights)"
 
 test: install
 	$(PY) -m pytest

@@ -175,3 +175,14 @@ def test_batch_equals_single(random_state_dict):
                 d = (batched[k][i] - single[k][0]).abs().max().item()
                 assert d <= 1e-5, f"{k}[{i}] differs by {d}"
     assert batched["warp0"].shape == (2, 160, 160, 2)
+
+
+@pytest.mark.slow
+def test_match_equals_romatch_at_the_default_resolution(reference, random_state_dict):
+    """560 / 864, the resolution the official weights are run at (about 3 minutes on 2 cores)."""
+    a, b = shared_pair()
+    _set_reference_res(reference, (560, 560), (864, 864))
+    ref_out = _split_reference(*reference.match(str(a), str(b)))
+    model = make_model(random_state_dict, coarse_res=560, upsample_res=864,
+                       normalize=True, displacement_scale="romatch", gp_solve="cholesky")
+    _assert_same(model.match(a, b), ref_out, "560/864")

@@ -54,7 +54,7 @@ __all__ = [
     "read_checkpoint",
     "unwrap_state_dict",
     "map_dinov2_keys",
-    "to_model_state_dict",
+    "split_official_layout",
     "load_matcher",
     "save_checkpoint",
     "save_official_layout",
@@ -66,6 +66,7 @@ logger = logging.getLogger(__name__)
 #: Set this environment variable to 1 to forbid downloads (cached files still load).
 OFFLINE_ENV = "L2M_OFFLINE"
 
+_VIT_PREFIX = "encoder.dinov2.vit."
 _HF = "https://huggingface.co/datasets/Liangyingping/L2Mpp-checkpoints/resolve/main/"
 _FORMAT = "l2m_plugin"
 
@@ -297,7 +298,7 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
 _CHUNKED = re.compile(r"^blocks\.\d+\.(\d+)\.(.*)$")
 
 
-def map_dinov2_keys(sd: Mapping[str, torch.Tensor], prefix: str = "encoder.dinov2.vit.") -> dict[str, torch.Tensor]:
+def map_dinov2_keys(sd: Mapping[str, torch.Tensor], prefix: str = _VIT_PREFIX) -> dict[str, torch.Tensor]:
     """Map a DINOv2 state dict (facebookresearch layout) onto our timm ViT keys.
 
     ``blocks.<chunk>.<i>.*`` (FSDP-chunked) becomes ``blocks.<i>.*``;
@@ -314,12 +315,18 @@ def map_dinov2_keys(sd: Mapping[str, torch.Tensor], prefix: str = "encoder.dinov
     return out
 
 
-def to_model_state_dict(matcher_sd: Mapping[str, torch.Tensor], encoder_sd: Mapping[str, torch.Tensor] | None) -> dict:
-    """Combine an official matcher state dict and a DINOv2 state dict into our model's keys."""
-    sd = dict(matcher_sd)
-    if encoder_sd is not None:
-        sd.update(map_dinov2_keys(encoder_sd))
-    return sd
+def split_official_layout(sd: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
+    """Inverse of :func:`map_dinov2_keys`: split our model's state dict into the released files.
+
+    Returns:
+        ``(matcher, encoder)``: RoMa's matcher state dict (every key not under the
+        ViT) and the ViT in DINOv2's key layout, with a zero ``mask_token`` (1, D)
+        as DINOv2 files carry one.
+    """
+    matcher = {k: v for k, v in sd.items() if not k.startswith("encoder.dinov2.")}
+    encoder = {k[len(_VIT_PREFIX):]: v for k, v in sd.items() if k.startswith(_VIT_PREFIX)}
+    encoder["mask_token"] = torch.zeros(1, encoder["cls_token"].shape[-1])
+    return matcher, encoder
 
 
 def _has_encoder(sd: Mapping[str, Any]) -> bool:
@@ -409,13 +416,9 @@ def load_matcher(
         config = saved_config or PRESETS[entry.preset if entry is not None and entry.preset else "l2m"]
     if overrides:
         config = config.replace(**overrides)
-    if not _has_encoder(sd):
-        if encoder_weights is None:
-            encoder_weights = entry.encoder if entry is not None else REGISTRY["l2mpp-v2"].encoder
-        enc_sd, enc_what = _encoder_sd(encoder_weights, progress)
-        sd = to_model_state_dict(sd, enc_sd)
-        what = f"{what} + {enc_what}"
-    elif encoder_weights is not None:
+    if encoder_weights is None and not _has_encoder(sd):  # official layout: the ViT is a second file
+        encoder_weights = entry.encoder if entry is not None else REGISTRY["l2mpp-v2"].encoder
+    if encoder_weights is not None:
         enc_sd, enc_what = _encoder_sd(encoder_weights, progress)
         sd.update(map_dinov2_keys(enc_sd))
         what = f"{what} + {enc_what}"
@@ -443,11 +446,7 @@ def save_official_layout(model, matcher_path: str | os.PathLike, encoder_path: s
     matcher under ``state_dict`` with ``model.`` prefixes, like ``l2m++_560x560v2.pth.ckpt``.
     Used to make offline test and demo checkpoints that exercise the official loading path.
     """
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    prefix = "encoder.dinov2.vit."
-    matcher = {k: v for k, v in sd.items() if not k.startswith("encoder.dinov2.")}
-    enc = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    enc["mask_token"] = torch.zeros(1, enc["cls_token"].shape[-1])
+    matcher, enc = split_official_layout({k: v.detach().cpu() for k, v in model.state_dict().items()})
     if lightning:
         matcher = {"epoch": 0, "global_step": 0, "state_dict": {"model." + k: v for k, v in matcher.items()}}
     return _atomic_save(matcher, Path(matcher_path)), _atomic_save(enc, Path(encoder_path))

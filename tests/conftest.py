@@ -47,11 +47,9 @@ def random_state_dict() -> dict:
 @pytest.fixture(scope="session")
 def official_state_dicts(random_state_dict) -> tuple[dict, dict]:
     """(matcher state dict in RoMa's layout, DINOv2-layout ViT state dict) of the same weights."""
-    matcher = {k: v for k, v in random_state_dict.items() if not k.startswith("encoder.dinov2.")}
-    prefix = "encoder.dinov2.vit."
-    dino = {k[len(prefix):]: v for k, v in random_state_dict.items() if k.startswith(prefix)}
-    dino["mask_token"] = torch.zeros(1, 1024)
-    return matcher, dino
+    from l2m_plugin.weights import split_official_layout
+
+    return split_official_layout(random_state_dict)
 
 
 @pytest.fixture(scope="session")

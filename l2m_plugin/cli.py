@@ -4,6 +4,9 @@ Subcommands:
     ``l2m match IMAGE0 IMAGE1 --out DIR``  match two images, write matches.h5 and matches.png
     ``l2m make-checkpoint --out DIR``       random-init weights in the official file layout
     ``l2m weights``                         list the weights registry and what is cached
+    ``l2m reconstruct IMAGE_DIR OUT_DIR``   images -> COLMAP model (pairs, matching, tracks, pycolmap)
+    ``l2m match-pairs IMAGE_DIR --out F``   match one shard (``--shard i/N``) of a pairs list
+    ``l2m merge SHARD.h5... --out DIR``     combine shards for ``reconstruct`` and hloc
 
 Progress and the model that ran go to stderr; the paths written go to stdout.
 """
@@ -40,17 +43,13 @@ def _res(value: str) -> int | tuple[int, int] | None:
     return int(value)
 
 
-def _cmd_match(args: argparse.Namespace) -> int:
+def _load_model(args: argparse.Namespace, progress: _Progress, prog: str):
+    """The L2M model the matcher flags ask for, or None after printing the error."""
     import torch
 
-    from . import io as l2m_io
     from .config import PRESETS, MatcherConfig
-    from .matches_io import write_matches
-    from .viz import draw_matches
     from .weights import WeightsError, load_matcher
 
-    progress = _Progress(args.quiet)
-    out_dir = Path(args.out)
     overrides = {}
     if args.coarse_res is not None:
         overrides["coarse_res"] = _res(args.coarse_res)
@@ -63,21 +62,37 @@ def _cmd_match(args: argparse.Namespace) -> int:
         try:
             config = MatcherConfig.from_yaml(args.config)
         except (OSError, ValueError) as exc:
-            print(f"l2m match: error: {exc}", file=sys.stderr)
-            return 2
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return None
     if args.threads:
         torch.set_num_threads(args.threads)
     progress(f"loading weights {args.weights!r}" + (f" + encoder {args.encoder_weights!r}" if args.encoder_weights else ""))
     try:
         model = load_matcher(args.weights, config=config, encoder_weights=args.encoder_weights, device=args.device, **overrides)
     except (WeightsError, ValueError) as exc:
-        print(f"l2m match: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return None
     cfg = model.config
     progress(
         f"model: {model.weights_name} (encoder {cfg.encoder}, coarse {cfg.coarse_res}, "
         f"upsample {cfg.upsample_res}, dtype {cfg.dtype}, device {args.device})"
     )
+    return model
+
+
+def _cmd_match(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import io as l2m_io
+    from .matches_io import write_matches
+    from .viz import draw_matches
+
+    progress = _Progress(args.quiet)
+    out_dir = Path(args.out)
+    model = _load_model(args, progress, "l2m match")
+    if model is None:
+        return 2
+    cfg = model.config
     progress(f"matching {args.image0} <-> {args.image1}")
     try:
         out = model.match(args.image0, args.image1, exif=not args.no_exif)
@@ -158,6 +173,154 @@ def _cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pair_matcher(args: argparse.Namespace, image_dir: Path, progress: _Progress, prog: str):
+    """The SfM pair matcher the flags ask for (L2M, or OpenCV SIFT), or None after an error."""
+    from .sfm.matching import DensePairMatcher, SiftPairMatcher
+
+    if args.matcher == "sift":
+        progress(f"matcher: OpenCV SIFT ({args.sift_features} features, ratio test {args.sift_ratio})")
+        return SiftPairMatcher(image_dir, max_features=args.sift_features, ratio=args.sift_ratio)
+    model = _load_model(args, progress, prog)
+    if model is None:
+        return None
+    return DensePairMatcher(
+        model, image_dir, num_matches=args.num_matches, seed=args.seed, exif=not args.no_exif,
+        memory_budget_gb=args.memory_budget_gb,
+    )  # fmt: skip
+
+
+def _parse_shard(value: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must be i/N (e.g. 0/4), got {value!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard i/N needs 0 <= i < N, got {value!r}")
+    return i, n
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .io import ImageLoadError
+    from .sfm.pipeline import reconstruct
+
+    progress = _Progress(args.quiet)
+    image_dir, out = Path(args.image_dir), Path(args.out_dir)
+    if not image_dir.is_dir():
+        print(f"l2m reconstruct: error: image folder {image_dir} does not exist", file=sys.stderr)
+        return 2
+    pm = _pair_matcher(args, image_dir, progress, "l2m reconstruct")
+    if pm is None:
+        return 2
+    progress(f"reconstructing {image_dir} -> {out} (pairs: {args.pairs})")
+    try:
+        summary = reconstruct(
+            image_dir, out, pm, pairs=args.pairs, cell_size=args.cell_size, subpixel=args.subpixel,
+            camera_mode=args.camera_mode, camera_model=args.camera_model, camera_params=args.camera_params,
+            refine_intrinsics=not args.fixed_intrinsics, ransac_max_error=args.ransac_max_error,
+            reference=args.reference, overwrite=args.overwrite, seed=args.seed, progress=not args.quiet,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError, ImageLoadError) as exc:
+        print(f"l2m reconstruct: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if hasattr(pm, "close"):
+            pm.close()
+    m = summary["model"]
+    msg = f"registered {m['registered_images']}/{m['num_images']} images, {m['points3D']} points"
+    if m["points3D"]:
+        msg += f", mean track length {m['mean_track_length']:.2f}, reprojection error {m['mean_reprojection_error_px']:.2f} px"
+    progress(msg)
+    for name, why in summary["skipped_images"].items():
+        progress(f"skipped {name}: {why}")
+    if "reference" in summary:
+        progress(f"max rotation error vs reference: {summary['reference']['max_rotation_error_deg']:.3f} deg")
+    print(out / "summary.json")
+    if m["path"]:
+        print(m["path"])
+    return 0 if m["registered_images"] else 1
+
+
+def _cmd_match_pairs(args: argparse.Namespace) -> int:
+    from .sfm.h5 import PairMatchStore
+    from .sfm.pairs import list_images, parse_pairs_spec, shard_pairs
+    from .sfm.pipeline import match_pairs
+
+    progress = _Progress(args.quiet)
+    image_dir = Path(args.image_dir)
+    try:
+        names = list_images(image_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"l2m match-pairs: error: {exc}", file=sys.stderr)
+        return 2
+    pm = _pair_matcher(args, image_dir, progress, "l2m match-pairs")
+    if pm is None:
+        return 2
+    try:
+        pairs = parse_pairs_spec(args.pairs, names, descriptors_fn=lambda: pm.global_descriptors(names))
+        i, n = args.shard
+        mine = shard_pairs(pairs, i, n)
+        store = PairMatchStore(args.out, pm.settings(), overwrite=args.overwrite)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"l2m match-pairs: error: {exc}", file=sys.stderr)
+        return 2
+    progress(f"shard {i}/{n}: {len(mine)} of {len(pairs)} pairs -> {args.out}")
+    report = match_pairs(pm, mine, store, progress=not args.quiet)
+    progress(f"matched {report['matched']} new pairs, {report['skipped']} already done, {len(report['failed'])} failed")
+    for pair, why in report["failed"].items():
+        progress(f"failed: {pair}: {why}")
+    print(args.out)
+    return 0 if not report["failed"] else 1
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from .sfm.h5 import PairMatchStore, merge_pair_files, write_features, write_matches
+    from .sfm.pairs import write_pairs
+    from .sfm.tracks import build_tracks
+
+    progress = _Progress(args.quiet)
+    out = Path(args.out)
+    try:
+        n = merge_pair_files(args.shards, out / "pair_matches.h5")
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        print(f"l2m merge: error: {exc}", file=sys.stderr)
+        return 2
+    store = PairMatchStore(out / "pair_matches.h5")
+    sizes = store.image_sizes()
+    items = list(store.items())
+    write_pairs(out / "pairs.txt", [(a, b) for a, b, *_ in items])
+    tracks = build_tracks(((a, b, k0 + 0.5, k1 + 0.5, s) for a, b, k0, k1, s in items), sizes, cell_size=args.cell_size)
+    names = sorted(sizes)
+    for name in names:
+        tracks.keypoints.setdefault(name, [])
+    write_features(out / "features.h5", {k: (v - 0.5 if len(v) else v) for k, v in tracks.keypoints.items()}, sizes)
+    write_matches(out / "matches.h5", tracks.matches, {k: len(v) for k, v in tracks.keypoints.items()})
+    progress(f"merged {len(args.shards)} shards: {n} pairs, {len(names)} images")
+    for f in ("pair_matches.h5", "pairs.txt", "features.h5", "matches.h5"):
+        print(out / f)
+    return 0
+
+
+def _add_matcher_flags(p: argparse.ArgumentParser, sfm: bool = False) -> None:
+    if sfm:
+        p.add_argument("--matcher", default="l2m", choices=["l2m", "sift"], help="dense L2M, or OpenCV SIFT through the same pipeline")
+        p.add_argument("--sift-features", type=int, default=8000)
+        p.add_argument("--sift-ratio", type=float, default=0.8)
+        p.add_argument("--memory-budget-gb", type=float, default=4.0, help="encoder features kept in memory (the rest spill to disk)")
+    p.add_argument("--weights", default="l2mpp-v2", help="registry name (see `l2m weights`) or checkpoint path")
+    p.add_argument("--encoder-weights", default=None, help="ViT weights for official-layout matchers (name or path)")
+    p.add_argument("--preset", default=None, choices=["l2m", "l2m-fork-defaults", "romatch"], help="config preset")
+    p.add_argument("--config", default=None, help="matcher config YAML (e.g. configs/matcher/l2m.yaml); flags below override it")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--coarse-res", default=None, help="e.g. 560 or 560x784 (multiples of 14)")
+    p.add_argument("--upsample-res", default=None, help="e.g. 864, 864x1152 or 0 for none (multiples of 8)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--num-matches", type=int, default=5000, help="matches sampled per pair")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--no-exif", action="store_true", help="ignore EXIF orientation")
+    p.add_argument("--quiet", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="l2m", description="L2M / L2M++ dense feature matching.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -166,19 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("image0")
     m.add_argument("image1")
     m.add_argument("--out", required=True, help="output folder")
-    m.add_argument("--weights", default="l2mpp-v2", help="registry name (see `l2m weights`) or checkpoint path")
-    m.add_argument("--encoder-weights", default=None, help="ViT weights for official-layout matchers (name or path)")
-    m.add_argument("--preset", default=None, choices=["l2m", "l2m-fork-defaults", "romatch"], help="config preset")
-    m.add_argument("--config", default=None, help="matcher config YAML (e.g. configs/matcher/l2m.yaml); flags below override it")
-    m.add_argument("--device", default="cpu")
-    m.add_argument("--coarse-res", default=None, help="e.g. 560 or 560x784 (multiples of 14)")
-    m.add_argument("--upsample-res", default=None, help="e.g. 864, 864x1152 or 0 for none (multiples of 8)")
-    m.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    m.add_argument("--num-matches", type=int, default=5000)
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    m.add_argument("--no-exif", action="store_true", help="ignore EXIF orientation")
-    m.add_argument("--quiet", action="store_true")
+    _add_matcher_flags(m)
     m.set_defaults(func=_cmd_match)
 
     c = sub.add_parser("make-checkpoint", help="write random-init weights in the official file layout (for offline tests)")
@@ -190,6 +341,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set BatchNorm statistics from these images (unit-scale activations)")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_make_checkpoint)
+
+    r = sub.add_parser("reconstruct", help="images -> COLMAP model with dense matches (pycolmap; no hloc needed)")
+    r.add_argument("image_dir")
+    r.add_argument("out_dir")
+    r.add_argument("--pairs", default="exhaustive", help="exhaustive | sequential:K | retrieval:K | an hloc pairs file")
+    r.add_argument("--cell-size", type=float, default=4.0, help="track-building cell in pixels (one keypoint per cell)")
+    r.add_argument("--subpixel", action="store_true", help="keypoint at the certainty-weighted mean of its cell")
+    r.add_argument("--camera-mode", default="auto", choices=["auto", "single", "per_folder", "per_image"])
+    r.add_argument("--camera-model", default="SIMPLE_RADIAL")
+    r.add_argument("--camera-params", default=None, help="known intrinsics, comma-separated (e.g. PINHOLE fx,fy,cx,cy)")
+    r.add_argument("--fixed-intrinsics", action="store_true", help="do not refine the intrinsics in bundle adjustment")
+    r.add_argument("--ransac-max-error", type=float, default=4.0, help="two-view verification threshold (px)")
+    r.add_argument("--reference", default=None, help="COLMAP model of the same images: per-image rotation errors in the summary")
+    r.add_argument("--overwrite", action="store_true", help="recompute matches from an earlier run")
+    _add_matcher_flags(r, sfm=True)
+    r.set_defaults(func=_cmd_reconstruct)
+
+    mp = sub.add_parser("match-pairs", help="match one shard of a pairs list into an h5 file (for many machines / GPUs)")
+    mp.add_argument("image_dir")
+    mp.add_argument("--pairs", default="exhaustive", help="exhaustive | sequential:K | retrieval:K | an hloc pairs file")
+    mp.add_argument("--out", required=True, help="the shard's h5 file (resumable)")
+    mp.add_argument("--shard", type=_parse_shard, default=(0, 1), help="i/N: this process matches every N-th pair from the i-th")
+    mp.add_argument("--overwrite", action="store_true")
+    _add_matcher_flags(mp, sfm=True)
+    mp.set_defaults(func=_cmd_match_pairs)
+
+    g = sub.add_parser("merge", help="merge shard h5 files into pair_matches.h5 + hloc's features.h5 / matches.h5")
+    g.add_argument("shards", nargs="+")
+    g.add_argument("--out", required=True, help="output folder (usable as `l2m reconstruct`'s OUT_DIR)")
+    g.add_argument("--cell-size", type=float, default=4.0)
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(func=_cmd_merge)
 
     w = sub.add_parser("weights", help="list the weights registry and the cache")
     w.set_defaults(func=_cmd_weights)

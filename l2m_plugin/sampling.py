@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["kde", "balanced_sample"]
+from .coords import normalized_grid, normalized_to_pixel
+
+__all__ = ["kde", "balanced_sample", "sample_matches"]
 
 
 def kde(x: torch.Tensor, std: float = 0.1, chunk: int = 4096) -> torch.Tensor:
@@ -63,14 +65,18 @@ def balanced_sample(
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
     if matches.ndim != 2 or matches.shape[1] != 4 or certainty.shape != matches.shape[:1]:
-        raise ValueError(f"expected matches (N, 4) and certainty (N,), got {tuple(matches.shape)} and {tuple(certainty.shape)}")
+        raise ValueError(
+            f"expected matches (N, 4) and certainty (N,), got {tuple(matches.shape)} and {tuple(certainty.shape)}"
+        )
     weights = certainty.float().clone()
     weights[weights > sample_thresh] = 1.0
     n_valid = int((weights > 0).sum())
     if n_valid == 0:
         return matches[:0], certainty[:0]
     expansion = 4 if balanced else 1
-    idx = torch.multinomial(weights, min(expansion * num, n_valid), replacement=False, generator=generator)
+    idx = torch.multinomial(
+        weights, min(expansion * num, n_valid), replacement=False, generator=generator
+    )
     cand, cand_cert = matches[idx], certainty[idx]
     if not balanced:
         return cand, cand_cert
@@ -79,3 +85,53 @@ def balanced_sample(
     p[density < 10] = 1e-7
     keep = torch.multinomial(p, min(num, len(cand)), replacement=False, generator=generator)
     return cand[keep], cand_cert[keep]
+
+
+def sample_matches(
+    out: dict,
+    num: int,
+    sample_thresh: float = 0.05,
+    *,
+    generator: torch.Generator | None = None,
+    batch_index: int = 0,
+    frame: str = "stored",
+    balanced: bool = True,
+) -> dict:
+    """Sparse matches from a dense matcher's output (the body of ``L2M.sample``).
+
+    Args:
+        out: dict with ``warp0`` (B, H, W, 2), ``certainty0`` (B, H, W), optional
+            ``warp1``/``certainty1`` (symmetric), ``size0``/``size1`` (W, H) of the
+            images in pixels, optional ``images`` (two :class:`~l2m_plugin.io.LoadedImage`).
+        num, sample_thresh, generator, balanced: see :func:`balanced_sample`.
+        batch_index: which pair of the batch.
+        frame: ``"stored"`` (keypoints in the stored pixel grid, before EXIF
+            orientation, when ``out["images"]`` is present) or ``"upright"``.
+    Returns:
+        dict: ``keypoints0``, ``keypoints1`` (M, 2) float32 COLMAP pixel coordinates
+        (centres at i + 0.5) and ``certainty`` (M,) float32 raw certainty.
+    Raises:
+        ValueError: unknown frame or num < 1.
+    """
+    if frame not in ("stored", "upright"):
+        raise ValueError(f"frame must be 'stored' or 'upright', got {frame!r}")
+    warp0, cert0 = out["warp0"][batch_index], out["certainty0"][batch_index]
+    h, w = warp0.shape[:2]
+    grid = normalized_grid(h, w, device=warp0.device)
+    matches = [torch.cat((grid, warp0), dim=-1).reshape(-1, 4)]
+    certs = [cert0.reshape(-1)]
+    if "warp1" in out:
+        warp1, cert1 = out["warp1"][batch_index], out["certainty1"][batch_index]
+        grid1 = normalized_grid(*warp1.shape[:2], device=warp1.device)
+        matches.append(torch.cat((warp1, grid1), dim=-1).reshape(-1, 4))
+        certs.append(cert1.reshape(-1))
+    m, c = balanced_sample(
+        torch.cat(matches), torch.cat(certs), num, sample_thresh, balanced, generator
+    )
+    (w0, h0), (w1, h1) = out["size0"], out["size1"]
+    k0 = normalized_to_pixel(m[:, :2].float(), w0, h0)
+    k1 = normalized_to_pixel(m[:, 2:].float(), w1, h1)
+    if frame == "stored" and "images" in out:
+        k0 = out["images"][0].to_stored(k0)
+        k1 = out["images"][1].to_stored(k1)
+    return {"keypoints0": k0, "keypoints1": k1, "certainty": c.float()}

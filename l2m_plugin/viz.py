@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-__all__ = ["draw_matches"]
+__all__ = ["draw_matches", "draw_reconstruction"]
 
 
 def _fit_height(im: Image.Image, height: int) -> tuple[Image.Image, float]:
@@ -56,8 +56,12 @@ def draw_matches(
     Returns:
         The picture as a PIL image.
     """
-    k0 = np.asarray(keypoints0.cpu() if hasattr(keypoints0, "cpu") else keypoints0, dtype=np.float64)
-    k1 = np.asarray(keypoints1.cpu() if hasattr(keypoints1, "cpu") else keypoints1, dtype=np.float64)
+    k0 = np.asarray(
+        keypoints0.cpu() if hasattr(keypoints0, "cpu") else keypoints0, dtype=np.float64
+    )
+    k1 = np.asarray(
+        keypoints1.cpu() if hasattr(keypoints1, "cpu") else keypoints1, dtype=np.float64
+    )
     c = np.asarray(certainty.cpu() if hasattr(certainty, "cpu") else certainty, dtype=np.float64)
     a, s0 = _fit_height(image0, height)
     b, s1 = _fit_height(image1, height)
@@ -77,8 +81,10 @@ def draw_matches(
         draw.ellipse([x0 - 2, y0 + 22, x0 + 2, y0 + 26], outline=color)
         draw.ellipse([x1 + a.width - 2, y1 + 22, x1 + a.width + 2, y1 + 26], outline=color)
     if rows == 2:
+
         def to_np(t):
-            return (t.float().cpu().numpy() if torch.is_tensor(t) else np.asarray(t))
+            return t.float().cpu().numpy() if torch.is_tensor(t) else np.asarray(t)
+
         canvas.paste(_certainty_overlay(a, to_np(certainty0)), (0, height + 24))
         canvas.paste(_certainty_overlay(b, to_np(certainty1)), (a.width, height + 24))
         draw.text((4, height + 28), "certainty0", fill="white")
@@ -90,3 +96,66 @@ def draw_matches(
         canvas.save(tmp)
         os.replace(tmp, path)
     return canvas
+
+
+def draw_reconstruction(rec, path: str | os.PathLike, *, title: str = "", size: int = 900) -> Path:
+    """Top view of a COLMAP model: 3D points (their colours) and cameras (red, with viewing direction).
+
+    "Up" in the picture is the cameras' mean viewing direction; the view looks down
+    along the cameras' mean down axis (their +y), so for photos taken upright the
+    picture is a map of the scene.
+
+    Args:
+        rec: ``pycolmap.Reconstruction``.
+        path: PNG file to write (atomically).
+        title: text drawn at the top.
+        size: side of the square picture in pixels.
+    Returns:
+        the path written.
+    """
+    images = [rec.images[i] for i in rec.reg_image_ids()]
+    poses = []
+    for im in images:
+        pose = im.cam_from_world() if callable(im.cam_from_world) else im.cam_from_world
+        R = np.asarray(pose.rotation.matrix())
+        t = np.asarray(pose.translation)
+        poses.append((R, -R.T @ t))
+    pts = np.array([p.xyz for p in rec.points3D.values()]).reshape(-1, 3)
+    cols = np.array([p.color for p in rec.points3D.values()], dtype=np.uint8).reshape(-1, 3)
+    canvas = Image.new("RGB", (size, size), (24, 24, 28))
+    draw = ImageDraw.Draw(canvas)
+    if poses:
+        down = np.mean([R.T @ np.array([0.0, 1.0, 0.0]) for R, _ in poses], axis=0)
+        down /= max(np.linalg.norm(down), 1e-12)
+        fwd = np.mean([R.T @ np.array([0.0, 0.0, 1.0]) for R, _ in poses], axis=0)
+        fwd -= down * (fwd @ down)
+        if np.linalg.norm(fwd) < 1e-9:
+            fwd = np.cross(down, [1.0, 0.0, 0.0])
+        fwd /= np.linalg.norm(fwd)
+        right = np.cross(down, fwd)
+        centres = np.array([c for _, c in poses])
+        proj = lambda x: np.stack((x @ right, -(x @ fwd)), axis=-1)  # noqa: E731
+        p2, c2 = proj(pts), proj(centres)
+        ref = np.concatenate((p2, c2)) if len(p2) else c2
+        lo = np.percentile(ref, 2, axis=0) if len(p2) > 50 else ref.min(0)
+        hi = np.percentile(ref, 98, axis=0) if len(p2) > 50 else ref.max(0)
+        lo, hi = np.minimum(lo, c2.min(0)), np.maximum(hi, c2.max(0))
+        span = max(float((hi - lo).max()), 1e-9)
+        margin = 0.06 * size
+        to_px = lambda q: (q - (lo + hi) / 2) / span * (size - 2 * margin) + size / 2  # noqa: E731
+        for (x, y), c in zip(to_px(p2), cols, strict=True):
+            draw.rectangle((float(x), float(y), float(x) + 1, float(y) + 1), fill=tuple(int(v) for v in c))
+        arrow = 0.04 * span
+        for (R, c), (x, y) in zip(poses, to_px(c2), strict=True):
+            d = proj((c + arrow * (R.T @ np.array([0.0, 0.0, 1.0])))[None])[0]
+            dx, dy = to_px(d[None])[0]
+            draw.line((float(x), float(y), float(dx), float(dy)), fill=(255, 80, 80), width=2)
+            draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=(255, 60, 60))
+    if title:
+        draw.text((10, 8), title, fill=(235, 235, 235))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    canvas.save(tmp)
+    os.replace(tmp, path)
+    return path

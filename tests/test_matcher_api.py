@@ -52,3 +52,22 @@ def test_bfloat16_autocast_runs_and_returns_float32(sd):
         out = model({"image0": torch.rand(1, 3, 56, 84), "image1": torch.rand(1, 3, 56, 84)})
     assert out["warp0"].dtype == torch.float32 and torch.isfinite(out["warp0"]).all()
     assert torch.isfinite(out["certainty0"]).all()
+
+
+@pytest.mark.parametrize("upsample", [None, (64, 96)])
+def test_encode_once_then_match_features_equals_forward(sd, upsample):
+    """SfM encodes each image once: match_features(encode(a), encode(b)) == forward({a, b})."""
+    model = load_matcher(sd, config=SMALL.replace(upsample_res=upsample))
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(1, 3, 120, 150, generator=g), torch.rand(1, 3, 100, 130, generator=g)
+    with torch.inference_mode():
+        ref = model({"image0": a, "image1": b})
+        fa, fb = model.encode(a), model.encode(b)
+        out = model.match_features(fa, fb)
+        swapped = model.match_features(fb, fa)
+    assert out["size0"] == (150, 120) and out["size1"] == (130, 100)
+    for key in ("warp0", "certainty0", "warp1", "certainty1"):
+        assert torch.allclose(out[key], ref[key], atol=1e-4), key
+    # Features are per image: swapping the pair swaps the directions.
+    assert torch.allclose(swapped["warp0"], ref["warp1"], atol=1e-4)
+    assert torch.allclose(swapped["certainty1"], ref["certainty0"], atol=1e-4)

@@ -17,8 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import MatcherConfig
-from ..coords import normalized_grid, normalized_to_pixel
-from ..sampling import balanced_sample
+from ..sampling import sample_matches
 from .decoder import Decoder
 from .encoder import VIT_CONFIGS, Encoder
 
@@ -143,21 +142,73 @@ class L2M(nn.Module):
             KeyError, ValueError: malformed inputs (message names the key).
         """
         x0, x1 = self._check_images(data)
-        cfg = self.config
         b = x0.shape[0]
-        sf_coarse, sf_up = cfg.scale_factors()
+        u0, u1 = data.get("image0_upsample", x0), data.get("image1_upsample", x1)
+        cfg = self.config
         with self._autocast(x0.device):
+            # Both images in one encoder batch (as the reference does), then split.
             coarse = torch.cat((self._prepare(x0, cfg.coarse_res), self._prepare(x1, cfg.coarse_res)))
-            corr = self._decode(self.encoder(coarse, with_vit=True), b, sf_coarse)
+            feats = {"coarse": self.encoder(coarse, with_vit=True)}
             del coarse
+            if cfg.upsample_res is not None:
+                fine = torch.cat((self._prepare(u0, cfg.upsample_res), self._prepare(u1, cfg.upsample_res)))
+                feats["fine"] = self.encoder(fine, with_vit=False)
+                del fine
+        f0 = {k: {s: f[:b] for s, f in v.items()} for k, v in feats.items()}
+        f1 = {k: {s: f[b:] for s, f in v.items()} for k, v in feats.items()}
+        del feats
+        f0["size"] = (int(x0.shape[-1]), int(x0.shape[-2]))
+        f1["size"] = (int(x1.shape[-1]), int(x1.shape[-2]))
+        return self.match_features(f0, f1)
+
+    def encode(self, image: torch.Tensor, image_upsample: torch.Tensor | None = None) -> dict:
+        """Encoder features of a batch of images, to be matched later with :meth:`match_features`.
+
+        This is how SfM encodes each image once for all of its pairs
+        (``l2m reconstruct``): ``match_features(encode(a), encode(b))`` equals
+        ``forward({"image0": a, "image1": b})`` up to float rounding.
+
+        Args:
+            image: (B, 3, H, W) float RGB in [0, 1]; resized to ``coarse_res`` as in :meth:`forward`.
+            image_upsample: optional (B, 3, h, w) image for the refinement pass
+                (default: ``image``, resized to ``upsample_res``).
+        Returns:
+            dict: ``coarse`` {stride: (B, C, h, w) feature maps, incl. DINOv2 at 16},
+            ``fine`` {stride: (B, C, h, w)} (when ``upsample_res`` is set), ``size`` (W, H)
+            of ``image``. Tensors are in the compute dtype on the model's device.
+        """
+        cfg = self.config
+        if image.ndim != 4 or image.shape[1] != 3 or not image.is_floating_point():
+            raise ValueError(f"image must be a (B, 3, H, W) float tensor in [0, 1], got {tuple(image.shape)}")
+        with self._autocast(image.device):
+            feats = {"coarse": self.encoder(self._prepare(image, cfg.coarse_res), with_vit=True)}
+            if cfg.upsample_res is not None:
+                up = image if image_upsample is None else image_upsample
+                feats["fine"] = self.encoder(self._prepare(up, cfg.upsample_res), with_vit=False)
+        feats["size"] = (int(image.shape[-1]), int(image.shape[-2]))
+        return feats
+
+    def match_features(self, feats0: dict, feats1: dict) -> dict:
+        """Decode a batch of pairs from their :meth:`encode` features.
+
+        Args:
+            feats0, feats1: :meth:`encode` outputs with the same batch size.
+        Returns:
+            :meth:`forward`'s dict (``size0``/``size1`` from the features).
+        """
+        cfg = self.config
+        b = next(iter(feats0["coarse"].values())).shape[0]
+        sf_coarse, sf_up = cfg.scale_factors()
+        device = next(iter(feats0["coarse"].values())).device
+        with self._autocast(device):
+            cat = {s: torch.cat((feats0["coarse"][s], feats1["coarse"][s])) for s in feats0["coarse"]}
+            corr = self._decode(cat, b, sf_coarse)
+            del cat
             final = corr[1]
             if cfg.upsample_res is not None:
-                u0 = data.get("image0_upsample", x0)
-                u1 = data.get("image1_upsample", x1)
-                fine = torch.cat((self._prepare(u0, cfg.upsample_res), self._prepare(u1, cfg.upsample_res)))
-                feats = self.encoder(fine, with_vit=False)
-                del fine
-                final = self._decode(feats, b, sf_up, init=(final["flow"], final["certainty"]))[1]
+                cat = {s: torch.cat((feats0["fine"][s], feats1["fine"][s])) for s in feats0["fine"]}
+                final = self._decode(cat, b, sf_up, init=(final["flow"], final["certainty"]))[1]
+                del cat
         flow, logit = final["flow"].float(), final["certainty"].float()
         if cfg.attenuate_cert:
             low = F.interpolate(corr[16]["certainty"].float(), size=flow.shape[-2:], mode="bilinear", align_corners=False)
@@ -166,12 +217,7 @@ class L2M(nn.Module):
         warp = flow.permute(0, 2, 3, 1)
         certainty = certainty.masked_fill((warp.abs() > 1).any(dim=-1), 0.0)
         warp = warp.clamp(-1, 1)
-        out = {
-            "warp0": warp[:b],
-            "certainty0": certainty[:b],
-            "size0": (int(x0.shape[-1]), int(x0.shape[-2])),
-            "size1": (int(x1.shape[-1]), int(x1.shape[-2])),
-        }
+        out = {"warp0": warp[:b], "certainty0": certainty[:b], "size0": feats0["size"], "size1": feats1["size"]}
         if cfg.symmetric:
             out["warp1"], out["certainty1"] = warp[b:], certainty[b:]
         return out
@@ -240,25 +286,7 @@ class L2M(nn.Module):
         Raises:
             ValueError: unknown frame or num < 1.
         """
-        if frame not in ("stored", "upright"):
-            raise ValueError(f"frame must be 'stored' or 'upright', got {frame!r}")
-        warp0, cert0 = out["warp0"][batch_index], out["certainty0"][batch_index]
-        h, w = warp0.shape[:2]
-        grid = normalized_grid(h, w, device=warp0.device)
-        matches = [torch.cat((grid, warp0), dim=-1).reshape(-1, 4)]
-        certs = [cert0.reshape(-1)]
-        if "warp1" in out:
-            warp1, cert1 = out["warp1"][batch_index], out["certainty1"][batch_index]
-            grid1 = normalized_grid(*warp1.shape[:2], device=warp1.device)
-            matches.append(torch.cat((warp1, grid1), dim=-1).reshape(-1, 4))
-            certs.append(cert1.reshape(-1))
-        m, c = balanced_sample(
-            torch.cat(matches), torch.cat(certs), num, self.config.sample_thresh, balanced, generator
-        )
-        (w0, h0), (w1, h1) = out["size0"], out["size1"]
-        k0 = normalized_to_pixel(m[:, :2].float(), w0, h0)
-        k1 = normalized_to_pixel(m[:, 2:].float(), w1, h1)
-        if frame == "stored" and "images" in out:
-            k0 = out["images"][0].to_stored(k0)
-            k1 = out["images"][1].to_stored(k1)
-        return {"keypoints0": k0, "keypoints1": k1, "certainty": c.float()}
+        return sample_matches(
+            out, num, self.config.sample_thresh,
+            generator=generator, batch_index=batch_index, frame=frame, balanced=balanced,
+        )  # fmt: skip

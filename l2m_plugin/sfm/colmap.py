@@ -1,0 +1,274 @@
+"""COLMAP through pycolmap: database import, two-view geometric verification, incremental mapping.
+
+All estimation is pycolmap's (COLMAP's RANSAC, verification and mapper); this module
+only moves our keypoints and matches into a COLMAP database and reads results back.
+
+pycolmap 4.x quietly drops image pairs whose two-view geometry has configuration
+``UNDEFINED`` when it builds the scene graph (which is what writing raw matches as
+"verified" without a model produces, as hloc's ``triangulation.import_matches`` does
+with ``skip_geometric_verification``). Here every pair goes through
+``pycolmap.geometric_verification``, which assigns a real configuration, and
+:func:`verification_report` counts the pairs per configuration so a pair that
+would be dropped is visible in ``summary.json`` instead of silently missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+
+__all__ = [
+    "import_into_database",
+    "verify_pairs",
+    "verification_report",
+    "run_mapping",
+    "model_statistics",
+    "rotation_errors",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _camera_mode(mode: str) -> pycolmap.CameraMode:
+    try:
+        return getattr(pycolmap.CameraMode, mode.upper())
+    except AttributeError:
+        raise ValueError(
+            f"camera mode must be one of auto, single, per_folder, per_image; got {mode!r}"
+        ) from None
+
+
+def import_into_database(
+    database: str | Path,
+    image_dir: str | Path,
+    names: Sequence[str],
+    keypoints: Mapping[str, np.ndarray],
+    matches: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    *,
+    camera_mode: str = "auto",
+    camera_model: str = "SIMPLE_RADIAL",
+    camera_params: str | None = None,
+) -> dict[str, int]:
+    """Create a fresh COLMAP database with images, keypoints and raw matches.
+
+    Images, cameras, rigs and frames are created by ``pycolmap.import_images``
+    (prior focal length from EXIF, else 1.2 x the longer side).
+
+    Args:
+        database: database path (replaced if it exists).
+        image_dir: image folder.
+        names: image names to import (relative to ``image_dir``).
+        keypoints: ``{name: (M, 2)}`` COLMAP pixel coordinates (centres at i + 0.5).
+        matches: ``{(name0, name1): ((K, 2) keypoint indices, scores)}``.
+        camera_mode: ``auto`` | ``single`` | ``per_folder`` | ``per_image``.
+        camera_model, camera_params: COLMAP camera model and optional known parameters
+            as a comma-separated string (e.g. ``"fx,fy,cx,cy"`` for PINHOLE).
+    Returns:
+        ``{name: image_id}``.
+    """
+    database = Path(database)
+    if database.exists():
+        database.unlink()
+    database.parent.mkdir(parents=True, exist_ok=True)
+    pycolmap.Database.open(database).close()  # import_images needs an existing database
+    options = pycolmap.ImageReaderOptions()
+    options.camera_model = camera_model
+    if camera_params:
+        options.camera_params = camera_params
+    pycolmap.import_images(
+        database, image_dir, _camera_mode(camera_mode), image_names=list(names), options=options
+    )
+    db = pycolmap.Database.open(database)
+    try:
+        ids = {im.name: im.image_id for im in db.read_all_images()}
+        missing = [n for n in names if n not in ids]
+        if missing:
+            raise RuntimeError(f"pycolmap did not import {missing[:3]} (unreadable by COLMAP?)")
+        for name in names:
+            kp = np.asarray(keypoints.get(name, np.zeros((0, 2))), np.float32).reshape(-1, 2)
+            db.write_keypoints(ids[name], kp)
+        for (n0, n1), (idx, _) in matches.items():
+            idx = np.asarray(idx, np.uint32).reshape(-1, 2)
+            if len(idx):
+                db.write_matches(ids[n0], ids[n1], idx)
+    finally:
+        db.close()
+    return ids
+
+
+def verify_pairs(
+    database: str | Path, *, max_error: float = 4.0, min_num_inliers: int = 15, seed: int = 0
+) -> None:
+    """Two-view geometric verification of every matched pair (``pycolmap.geometric_verification``).
+
+    Args:
+        max_error: RANSAC threshold in pixels.
+        min_num_inliers: fewer inliers leave the pair unverified.
+        seed: RANSAC seed (deterministic runs).
+    """
+    opts = pycolmap.TwoViewGeometryOptions()
+    opts.ransac.max_error = max_error
+    opts.ransac.random_seed = seed
+    opts.min_num_inliers = min_num_inliers
+    pycolmap.geometric_verification(database, two_view_geometry_options=opts)
+
+
+def verification_report(database: str | Path) -> dict:
+    """Counts of matched pairs by two-view configuration, and pairs COLMAP will use.
+
+    Returns:
+        dict with ``matched_pairs``, ``verified_pairs`` (configuration not UNDEFINED or
+        DEGENERATE, >= 1 inlier), ``configurations`` ({name: count}) and
+        ``undefined_with_inliers`` (pairs pycolmap 4.x would silently ignore).
+    """
+    db = pycolmap.Database.open(database)
+    try:
+        matched = db.num_matched_image_pairs()
+        pair_ids, geoms = db.read_two_view_geometries()
+    finally:
+        db.close()
+    configs: Counter = Counter()
+    verified = undefined = 0
+    for g in geoms:
+        name = pycolmap.TwoViewGeometryConfiguration(int(g.config)).name
+        configs[name] += 1
+        n_in = len(g.inlier_matches)
+        if name in ("UNDEFINED",) and n_in:
+            undefined += 1
+        elif name not in ("UNDEFINED", "DEGENERATE") and n_in:
+            verified += 1
+    if undefined:
+        log.warning(
+            "%d pairs have inliers but an UNDEFINED two-view geometry: pycolmap 4.x ignores them",
+            undefined,
+        )
+    return {
+        "matched_pairs": int(matched),
+        "verified_pairs": verified,
+        "configurations": dict(configs),
+        "undefined_with_inliers": undefined,
+    }
+
+
+def run_mapping(
+    database: str | Path,
+    image_dir: str | Path,
+    output: str | Path,
+    *,
+    seed: int = 0,
+    num_threads: int = -1,
+    refine_intrinsics: bool = True,
+    options: Mapping | None = None,
+) -> pycolmap.Reconstruction | None:
+    """Incremental mapping; the largest model is written to ``output`` (binary) and returned.
+
+    Every model pycolmap finds is kept under ``output/models/<k>``. Returns None (and
+    writes nothing at ``output``) when no model could be initialised.
+
+    Args:
+        seed: mapper random seed (deterministic runs).
+        refine_intrinsics: refine focal length and distortion in bundle adjustment
+            (turn off for known, exact intrinsics).
+        options: extra ``IncrementalPipelineOptions`` fields, e.g. ``{"min_model_size": 3}``.
+    """
+    output = Path(output)
+    models_dir = output / "models"
+    if models_dir.exists():
+        shutil.rmtree(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    opts = pycolmap.IncrementalPipelineOptions()
+    opts.random_seed = seed
+    opts.num_threads = num_threads
+    opts.mapper.random_seed = seed
+    if not refine_intrinsics:
+        opts.ba_refine_focal_length = False
+        opts.ba_refine_extra_params = False
+        opts.mapper.abs_pose_refine_focal_length = False
+        opts.mapper.abs_pose_refine_extra_params = False
+    for key, value in (options or {}).items():
+        target = opts
+        *path, last = key.split(".")
+        for p in path:
+            target = getattr(target, p)
+        setattr(target, last, value)
+    models = pycolmap.incremental_mapping(database, image_dir, models_dir, options=opts)
+    if not models:
+        return None
+    best = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+    for f in ("cameras.bin", "images.bin", "points3D.bin", "rigs.bin", "frames.bin"):
+        (output / f).unlink(missing_ok=True)
+    best.write(output)
+    return best
+
+
+def model_statistics(rec: pycolmap.Reconstruction | None, names: Sequence[str]) -> dict:
+    """Registered images, 3D points, mean track length and mean reprojection error of a model."""
+    if rec is None:
+        return {
+            "registered_images": 0,
+            "num_images": len(names),
+            "registered": [],
+            "unregistered": list(names),
+            "points3D": 0,
+            "mean_track_length": 0.0,
+            "mean_reprojection_error_px": None,
+            "mean_observations_per_image": 0.0,
+        }
+    reg = sorted(rec.images[i].name for i in rec.reg_image_ids())
+    return {
+        "registered_images": len(reg),
+        "num_images": len(names),
+        "registered": reg,
+        "unregistered": sorted(set(names) - set(reg)),
+        "points3D": int(rec.num_points3D()),
+        "mean_track_length": float(rec.compute_mean_track_length()) if rec.num_points3D() else 0.0,
+        "mean_reprojection_error_px": float(rec.compute_mean_reprojection_error())
+        if rec.num_points3D()
+        else None,
+        "mean_observations_per_image": float(rec.compute_mean_observations_per_reg_image())
+        if reg
+        else 0.0,
+    }
+
+
+def _cam_from_world(image) -> tuple[np.ndarray, np.ndarray]:
+    pose = image.cam_from_world() if callable(image.cam_from_world) else image.cam_from_world
+    return np.asarray(pose.rotation.matrix()), np.asarray(pose.translation)
+
+
+def poses_by_name(rec: pycolmap.Reconstruction) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{name: (R (3, 3), t (3,))}`` world-to-camera of the registered images."""
+    return {rec.images[i].name: _cam_from_world(rec.images[i]) for i in rec.reg_image_ids()}
+
+
+def rotation_errors(
+    estimated: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]
+) -> dict[str, float]:
+    """Per-image rotation error in degrees after the best global rotation alignment.
+
+    The two models live in different world frames; the world rotation ``A`` minimising
+    ``sum_i |R_est_i A - R_ref_i|_F^2`` (chordal L2 mean, projected on SO(3)) is
+    applied, then the error of image i is the angle of ``R_ref_i^T R_est_i A``.
+
+    Args:
+        estimated, reference: ``{name: R_cam_from_world (3, 3)}``; common names only.
+    Returns:
+        ``{name: degrees}`` for the images in both.
+    """
+    common = sorted(set(estimated) & set(reference))
+    if not common:
+        return {}
+    M = sum(estimated[n].T @ reference[n] for n in common)
+    U, _, Vt = np.linalg.svd(M)
+    A = U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))]) @ Vt
+    out = {}
+    for n in common:
+        R = reference[n].T @ estimated[n] @ A
+        out[n] = float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))))
+    return out

@@ -1,0 +1,295 @@
+"""Pair matchers for SfM: dense (L2M, or any dense matcher such as the oracle) and SIFT.
+
+Both produce, for a pair of image names, ``(kpts0 (N, 2), kpts1 (N, 2), scores (N,))``
+in COLMAP pixel coordinates of the *stored* images (centres at i + 0.5, before EXIF
+orientation), which is where COLMAP keeps keypoints. The SfM pipeline then turns
+them into tracks (:mod:`l2m_plugin.sfm.tracks`).
+
+The dense matcher encodes each image once: its encoder features (DINOv2 + VGG
+pyramid at the coarse and the upsampling resolution) are kept in an LRU cache
+with a memory budget; features pushed out of memory go to a disk cache and are
+read back, never recomputed, so N images cost N encoder passes whatever the pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io import LoadedImage, load_image, resize_to_tensor
+
+__all__ = ["DensePairMatcher", "SiftPairMatcher"]
+
+log = logging.getLogger(__name__)
+
+
+def _nbytes(feats) -> int:
+    if torch.is_tensor(feats):
+        return feats.numel() * feats.element_size()
+    if isinstance(feats, dict):
+        return sum(_nbytes(v) for v in feats.values())
+    return 0
+
+
+def _to(feats, device):
+    if torch.is_tensor(feats):
+        return feats.to(device)
+    if isinstance(feats, dict):
+        return {k: _to(v, device) for k, v in feats.items()}
+    return feats
+
+
+def pair_seed(seed: int, name0: str, name1: str) -> int:
+    """A per-pair seed, independent of the order in which pairs are processed."""
+    return (seed * 1_000_003 + zlib.crc32(f"{name0}\0{name1}".encode())) % (2**63)
+
+
+class DensePairMatcher:
+    """Match image pairs with a dense matcher, encoding each image once.
+
+    Args:
+        matcher: an :class:`~l2m_plugin.models.matcher.L2M` (uses ``encode`` /
+            ``match_features``) or any module with L2M's ``forward``/``sample``
+            interface (e.g. :class:`~l2m_plugin.oracle.OracleMatcher`; then each pair
+            runs ``forward`` on the full-resolution images).
+        image_dir: the image folder.
+        num_matches: matches sampled per pair (balanced sampling).
+        seed: sampling seed (per pair: see :func:`pair_seed`).
+        exif: apply EXIF orientation before matching (keypoints are returned in the
+            stored frame either way).
+        memory_budget_gb: encoder features kept in memory; beyond it they spill to
+            ``cache_dir``.
+        cache_dir: disk cache for spilled features (default: a temporary folder).
+    """
+
+    def __init__(
+        self,
+        matcher,
+        image_dir: str | Path,
+        *,
+        num_matches: int = 5000,
+        seed: int = 0,
+        exif: bool = True,
+        memory_budget_gb: float = 4.0,
+        cache_dir: str | Path | None = None,
+    ):
+        self.matcher = matcher
+        self.image_dir = Path(image_dir)
+        self.num_matches = num_matches
+        self.seed = seed
+        self.exif = exif
+        self.memory_budget = int(memory_budget_gb * 2**30)
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._tmp = None
+        self._mem: OrderedDict[str, dict] = OrderedDict()
+        self._on_disk: set[str] = set()
+        self._images: dict[str, LoadedImage] = {}
+        self.num_encoder_passes = 0
+        self.can_encode = hasattr(matcher, "encode") and hasattr(matcher, "match_features")
+
+    def settings(self) -> dict:
+        """What determines the matches (stored with them; a change refuses resuming)."""
+        cfg = getattr(self.matcher, "config", None)
+        return {
+            "matcher": "dense",
+            "weights": str(getattr(self.matcher, "weights_name", type(self.matcher).__name__)),
+            "config": cfg.to_dict() if hasattr(cfg, "to_dict") else None,
+            "num_matches": self.num_matches,
+            "seed": self.seed,
+            "exif": self.exif,
+        }
+
+    # ---------------------------------------------------------------- images
+    def image(self, name: str) -> LoadedImage:
+        """The loaded image (cached; ``ImageLoadError`` names the file if unreadable)."""
+        if name not in self._images:
+            self._images[name] = load_image(self.image_dir / name, exif=self.exif)
+        return self._images[name]
+
+    def _tensors(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        im = self.image(name).image
+        cfg = getattr(self.matcher, "config", None)
+        device = self.matcher.device
+        if cfg is None:
+            x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+            return x.to(device), None
+        x = resize_to_tensor(im, cfg.coarse_res)[None].to(device)
+        up = (
+            resize_to_tensor(im, cfg.upsample_res)[None].to(device)
+            if cfg.upsample_res is not None
+            else None
+        )
+        return x, up
+
+    # ---------------------------------------------------------------- feature cache
+    def _disk_path(self, name: str) -> Path:
+        if self._cache_dir is None:
+            import tempfile
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="l2m_features_")
+            self._cache_dir = Path(self._tmp.name)
+        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        return self._cache_dir / (hashlib.sha1(name.encode()).hexdigest() + ".pt")
+
+    def features(self, name: str) -> dict:
+        """Encoder features of one image (computed once; LRU in memory, spilled to disk)."""
+        if name in self._mem:
+            self._mem.move_to_end(name)
+            return self._mem[name]
+        if name in self._on_disk:
+            feats = _to(torch.load(self._disk_path(name), weights_only=True), self.matcher.device)
+        else:
+            x, up = self._tensors(name)
+            with torch.inference_mode():
+                feats = self.matcher.encode(x, up)
+            feats["size"] = self.image(name).size
+            self.num_encoder_passes += 1
+        self._mem[name] = feats
+        self._evict(keep=name)
+        return feats
+
+    def _evict(self, keep: str) -> None:
+        total = sum(_nbytes(f) for f in self._mem.values())
+        while total > self.memory_budget and len(self._mem) > 2:
+            name, feats = next(iter(self._mem.items()))
+            if name == keep:
+                self._mem.move_to_end(name)
+                continue
+            if name not in self._on_disk:
+                torch.save(_to(feats, "cpu"), self._disk_path(name))
+                self._on_disk.add(name)
+            del self._mem[name]
+            total -= _nbytes(feats)
+
+    def forget(self, name: str) -> None:
+        """Drop an image's features (e.g. when it has no more pairs)."""
+        self._mem.pop(name, None)
+
+    def global_descriptors(self, names: list[str]) -> np.ndarray:
+        """(N, D) float32 L2-normalised global descriptors for retrieval.
+
+        GeM pooling (p = 3) of the encoder's DINOv2 patch features (stride 14, the
+        ``16`` level), then L2 normalisation: no extra network. Encodes the images
+        into the same cache used for matching.
+        """
+        if not self.can_encode:
+            raise ValueError("retrieval pairs need an L2M encoder (the matcher has no encode())")
+        out = []
+        for name in names:
+            f = self.features(name)["coarse"][16].float()
+            d = f.clamp(min=1e-6).pow(3).mean(dim=(-2, -1)).pow(1 / 3)[0]
+            out.append(torch.nn.functional.normalize(d, dim=0).cpu().numpy())
+        return np.stack(out)
+
+    # ---------------------------------------------------------------- matching
+    @torch.inference_mode()
+    def __call__(self, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Match one pair: ``(kpts0, kpts1, scores)`` COLMAP pixels in the stored images."""
+        ims = (self.image(name0), self.image(name1))
+        if self.can_encode:
+            out = self.matcher.match_features(self.features(name0), self.features(name1))
+        else:
+            (x0, _), (x1, _) = self._tensors(name0), self._tensors(name1)
+            out = self.matcher({"image0": x0, "image1": x1})
+            self.num_encoder_passes += 2
+        out["size0"], out["size1"] = ims[0].size, ims[1].size
+        out["images"] = ims
+        g = torch.Generator(device="cpu").manual_seed(pair_seed(self.seed, name0, name1))
+        if out["warp0"].device.type != "cpu":
+            out = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in out.items()}
+        m = self.matcher.sample(out, self.num_matches, generator=g)
+        return (
+            m["keypoints0"].cpu().numpy().astype(np.float32),
+            m["keypoints1"].cpu().numpy().astype(np.float32),
+            m["certainty"].cpu().numpy().astype(np.float32),
+        )
+
+    def close(self) -> None:
+        self._mem.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+class SiftPairMatcher:
+    """OpenCV SIFT + ratio test + mutual check, through the same pipeline as dense matches.
+
+    Keypoints are detected once per image on the stored (not EXIF-rotated) grayscale
+    image; OpenCV's coordinates (centres on integers) are shifted by +0.5 to COLMAP's.
+    Score = 1 - (best distance / second-best distance).
+
+    Args:
+        image_dir: the image folder.
+        max_features: keypoints per image (strongest first).
+        ratio: Lowe's ratio-test threshold.
+    """
+
+    def __init__(self, image_dir: str | Path, *, max_features: int = 8000, ratio: float = 0.8):
+        self.image_dir = Path(image_dir)
+        self.max_features = max_features
+        self.ratio = ratio
+        self._feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._images: dict[str, LoadedImage] = {}
+        self.num_encoder_passes = 0
+
+    def settings(self) -> dict:
+        return {"matcher": "sift", "max_features": self.max_features, "ratio": self.ratio}
+
+    def image(self, name: str) -> LoadedImage:
+        if name not in self._images:
+            self._images[name] = load_image(self.image_dir / name, exif=False)
+        return self._images[name]
+
+    def features(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(keypoints (M, 2) COLMAP pixels, descriptors (M, 128) float32)``, cached."""
+        if name not in self._feats:
+            import cv2
+
+            gray = np.asarray(self.image(name).image.convert("L"))
+            sift = cv2.SIFT_create(nfeatures=self.max_features)
+            kps, desc = sift.detectAndCompute(gray, None)
+            xy = np.array([k.pt for k in kps], np.float32).reshape(-1, 2) + 0.5
+            desc = np.zeros((0, 128), np.float32) if desc is None else desc.astype(np.float32)
+            self._feats[name] = (xy, desc)
+            self.num_encoder_passes += 1
+        return self._feats[name]
+
+    def global_descriptors(self, names):
+        raise ValueError(
+            "retrieval pairs need the L2M encoder; with --matcher sift use exhaustive, sequential:K or a pairs file"
+        )
+
+    def __call__(self, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import cv2
+
+        (k0, d0), (k1, d1) = self.features(name0), self.features(name1)
+        if len(k0) < 2 or len(k1) < 2:
+            return (
+                np.zeros((0, 2), np.float32),
+                np.zeros((0, 2), np.float32),
+                np.zeros(0, np.float32),
+            )
+        bf = cv2.BFMatcher(cv2.NORM_L2)
+        fwd = bf.knnMatch(d0, d1, k=2)
+        bwd = bf.knnMatch(d1, d0, k=1)
+        best10 = {m[0].queryIdx: m[0].trainIdx for m in bwd if m}
+        i0, i1, s = [], [], []
+        for pair in fwd:
+            if len(pair) < 2:
+                continue
+            a, b = pair
+            if a.distance < self.ratio * b.distance and best10.get(a.trainIdx) == a.queryIdx:
+                i0.append(a.queryIdx)
+                i1.append(a.trainIdx)
+                s.append(1.0 - a.distance / max(b.distance, 1e-12))
+        i0, i1 = np.asarray(i0, np.int64), np.asarray(i1, np.int64)
+        return k0[i0], k1[i1], np.asarray(s, np.float32)
+
+    def close(self) -> None:
+        self._feats.clear()

@@ -1,0 +1,311 @@
+"""``l2m reconstruct``: images to a COLMAP model with dense matches (no hloc needed).
+
+Stages (each timed in ``summary.json``):
+
+1. ``images``: list the folder (nested folders allowed), read every image's size;
+   unreadable images are reported and skipped;
+2. ``pairs``: exhaustive, ``sequential:K``, ``retrieval:K`` (GeM-pooled DINOv2 features
+   of the L2M encoder) or an hloc pairs file; written to ``pairs.txt``;
+3. ``matching``: each pair matched and appended to ``pair_matches.h5`` (resume: pairs
+   already there are skipped; an interruption keeps every finished pair; a failing
+   pair is reported and the others go on);
+4. ``tracks``: per-pair matches quantised into shared keypoints
+   (:mod:`l2m_plugin.sfm.tracks`), written as hloc's ``features.h5``/``matches.h5``;
+5. ``database``: COLMAP database via pycolmap (``database.db``);
+6. ``verification``: pycolmap two-view geometric verification;
+7. ``mapping``: pycolmap incremental mapping; the largest model in ``sfm/``;
+8. outputs: ``summary.json`` and ``reconstruction.png`` (top view of cameras and points).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from ..io import ImageLoadError
+from .colmap import (
+    import_into_database,
+    model_statistics,
+    poses_by_name,
+    rotation_errors,
+    run_mapping,
+    verification_report,
+    verify_pairs,
+)
+from .h5 import PairMatchStore, write_features, write_matches
+from .pairs import list_images, parse_pairs_spec, write_pairs
+from .tracks import build_tracks
+
+__all__ = ["reconstruct", "match_pairs"]
+
+log = logging.getLogger(__name__)
+
+
+def _tqdm(iterable, **kw):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kw)
+
+
+@contextmanager
+def _timed(timings: dict, stage: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
+
+
+def _order_for_cache(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Pairs grouped by their first image (stable), so encoder features are reused while hot."""
+    first_seen: dict[str, int] = {}
+    for a, b in pairs:
+        first_seen.setdefault(a, len(first_seen))
+        first_seen.setdefault(b, len(first_seen))
+    return sorted(
+        pairs,
+        key=lambda p: (
+            min(first_seen[p[0]], first_seen[p[1]]),
+            max(first_seen[p[0]], first_seen[p[1]]),
+        ),
+    )
+
+
+def match_pairs(
+    pair_matcher,
+    pairs: Sequence[tuple[str, str]],
+    store: PairMatchStore,
+    *,
+    progress: bool = True,
+    on_failure: Callable[[tuple[str, str], Exception], None] | None = None,
+) -> dict:
+    """Match the pairs not yet in ``store`` and append each as soon as it is done.
+
+    Args:
+        pair_matcher: :class:`~l2m_plugin.sfm.matching.DensePairMatcher` or
+            :class:`~l2m_plugin.sfm.matching.SiftPairMatcher`.
+        pairs: image-name pairs.
+        store: the raw match file (resume state).
+        progress: show a progress bar (stderr).
+        on_failure: called with the pair and the exception of a failed pair.
+    Returns:
+        dict: ``matched`` (new pairs), ``skipped`` (already stored), ``failed``
+        ({"name0 name1": message}), ``failed_images`` ({name: message}).
+    Raises:
+        KeyboardInterrupt: passed on; every pair finished before it is in ``store``.
+    """
+    todo = [p for p in pairs if p not in store]
+    report = {"matched": 0, "skipped": len(pairs) - len(todo), "failed": {}, "failed_images": {}}
+    todo = _order_for_cache(todo)
+    remaining: dict[str, int] = {}
+    for a, b in todo:
+        remaining[a] = remaining.get(a, 0) + 1
+        remaining[b] = remaining.get(b, 0) + 1
+    bar = _tqdm(todo, desc="matching pairs", unit="pair", disable=not progress)
+    for a, b in bar:
+        bad = [n for n in (a, b) if n in report["failed_images"]]
+        if bad:
+            report["failed"][f"{a} {b}"] = f"image {bad[0]} is unreadable"
+        else:
+            try:
+                k0, k1, s = pair_matcher(a, b)
+                size0, size1 = pair_matcher.image(a).stored_size, pair_matcher.image(b).stored_size
+                # hloc's convention in the h5 files (pixel centres on integers).
+                store.write(a, b, k0 - 0.5, k1 - 0.5, s, size0, size1)
+                report["matched"] += 1
+            except ImageLoadError as exc:
+                name = a if str(a) in str(exc) else b
+                report["failed_images"][name] = str(exc)
+                report["failed"][f"{a} {b}"] = str(exc)
+                log.error("unreadable image, skipping its pairs: %s", exc)
+            except (RuntimeError, ValueError, OSError) as exc:
+                report["failed"][f"{a} {b}"] = f"{type(exc).__name__}: {exc}"
+                log.error("pair %s %s failed: %s", a, b, exc)
+                if on_failure is not None:
+                    on_failure((a, b), exc)
+        for n in (a, b):
+            remaining[n] -= 1
+            if remaining[n] == 0 and hasattr(pair_matcher, "forget"):
+                pair_matcher.forget(n)
+    return report
+
+
+def _read_sizes(image_dir: Path, names: Sequence[str], progress: bool) -> tuple[dict, dict]:
+    """Stored (W, H) of every readable image; ``{name: message}`` for unreadable ones."""
+    from ..io import load_image
+
+    sizes, bad = {}, {}
+    for n in _tqdm(names, desc="reading images", unit="img", disable=not progress):
+        try:
+            sizes[n] = load_image(image_dir / n, exif=False).stored_size
+        except ImageLoadError as exc:
+            bad[n] = str(exc)
+            log.error("skipping unreadable image: %s", exc)
+    return sizes, bad
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def reconstruct(
+    image_dir: str | Path,
+    out_dir: str | Path,
+    pair_matcher,
+    *,
+    pairs: str = "exhaustive",
+    cell_size: float = 4.0,
+    subpixel: bool = False,
+    camera_mode: str = "auto",
+    camera_model: str = "SIMPLE_RADIAL",
+    camera_params: str | None = None,
+    refine_intrinsics: bool = True,
+    ransac_max_error: float = 4.0,
+    mapper_options: dict | None = None,
+    reference: str | Path | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Run the whole pipeline (see the module docstring) and return the summary.
+
+    Args:
+        image_dir: folder of images (searched recursively).
+        out_dir: output folder: ``pairs.txt``, ``pair_matches.h5``, ``features.h5``,
+            ``matches.h5``, ``database.db``, ``sfm/`` (COLMAP model, binary),
+            ``summary.json``, ``reconstruction.png``.
+        pair_matcher: :class:`~l2m_plugin.sfm.matching.DensePairMatcher` or
+            :class:`~l2m_plugin.sfm.matching.SiftPairMatcher`.
+        pairs: ``exhaustive`` | ``sequential:K`` | ``retrieval:K`` | pairs-file path.
+        cell_size, subpixel: track building (:func:`~l2m_plugin.sfm.tracks.build_tracks`).
+        camera_mode, camera_model, camera_params: COLMAP cameras (see
+            :func:`~l2m_plugin.sfm.colmap.import_into_database`).
+        refine_intrinsics: let bundle adjustment refine focal length / distortion.
+        ransac_max_error: two-view verification threshold in pixels.
+        mapper_options: extra ``pycolmap.IncrementalPipelineOptions`` fields.
+        reference: a COLMAP model (folder) of the same images: per-image rotation
+            errors (degrees, after global rotation alignment) go into the summary.
+        overwrite: discard matches from earlier runs (else they are reused when the
+            matcher settings are the same, and refused when they differ).
+        seed: COLMAP's random seed.
+        progress: progress bars on stderr.
+    Returns:
+        the summary dict (also written to ``summary.json``).
+    Raises:
+        FileNotFoundError: missing image folder / no images / missing pairs file.
+        ValueError: bad pairs spec, duplicate image names, or stored matches from
+            another matcher setting (without ``overwrite``).
+    """
+    image_dir, out = Path(image_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    summary: dict = {"image_dir": str(image_dir), "matcher": pair_matcher.settings()}
+
+    with _timed(timings, "images"):
+        names = list_images(image_dir)
+        sizes, bad = _read_sizes(image_dir, names, progress)
+        names = [n for n in names if n in sizes]
+    summary["skipped_images"] = dict(bad)
+    if len(names) < 2:
+        raise ValueError(f"fewer than 2 readable images in {image_dir} (unreadable: {sorted(bad)})")
+
+    with _timed(timings, "pairs"):
+        pair_list = parse_pairs_spec(
+            pairs, names, descriptors_fn=lambda: pair_matcher.global_descriptors(names)
+        )
+        write_pairs(out / "pairs.txt", pair_list)
+    summary["pairs"] = {"spec": pairs, "num_pairs": len(pair_list)}
+
+    store = PairMatchStore(out / "pair_matches.h5", pair_matcher.settings(), overwrite=overwrite)
+    with _timed(timings, "matching"):
+        report = match_pairs(pair_matcher, pair_list, store, progress=progress)
+    summary["matching"] = {
+        "new_pairs": report["matched"],
+        "reused_pairs": report["skipped"],
+        "failed_pairs": report["failed"],
+        "encoder_passes": pair_matcher.num_encoder_passes,
+    }
+    for n, msg in report["failed_images"].items():
+        summary["skipped_images"][n] = msg
+    names = [n for n in names if n not in report["failed_images"]]
+
+    with _timed(timings, "tracks"):
+        wanted = {frozenset(p) for p in pair_list}
+        raw = [
+            (a, b, k0 + 0.5, k1 + 0.5, s)  # back to COLMAP's convention
+            for a, b, k0, k1, s in store.items()
+            if frozenset((a, b)) in wanted
+            and a in sizes
+            and b in sizes
+            and a in names
+            and b in names
+        ]
+        tracks = build_tracks(
+            raw, {n: sizes[n] for n in names}, cell_size=cell_size, subpixel=subpixel
+        )
+        for n in names:
+            tracks.keypoints.setdefault(n, np.zeros((0, 2), np.float32))
+        write_features(out / "features.h5", {n: tracks.keypoints[n] - 0.5 for n in names}, sizes)
+        write_matches(
+            out / "matches.h5", tracks.matches, {n: len(tracks.keypoints[n]) for n in names}
+        )
+        lengths = tracks.track_lengths()
+    summary["tracks"] = {
+        "cell_size_px": cell_size,
+        "subpixel": subpixel,
+        "keypoints": int(sum(len(k) for k in tracks.keypoints.values())),
+        "matches": int(sum(len(m[0]) for m in tracks.matches.values())),
+        "raw_matches": int(sum(len(r[4]) for r in raw)),
+        "candidate_tracks": int(len(lengths)),
+        "candidate_mean_track_length": float(lengths.mean()) if len(lengths) else 0.0,
+    }
+
+    with _timed(timings, "database"):
+        import_into_database(
+            out / "database.db", image_dir, names, tracks.keypoints, tracks.matches,
+            camera_mode=camera_mode, camera_model=camera_model, camera_params=camera_params,
+        )  # fmt: skip
+    with _timed(timings, "verification"):
+        verify_pairs(out / "database.db", max_error=ransac_max_error, seed=seed)
+        summary["verification"] = verification_report(out / "database.db")
+    with _timed(timings, "mapping"):
+        rec = run_mapping(
+            out / "database.db", image_dir, out / "sfm", seed=seed,
+            refine_intrinsics=refine_intrinsics, options=mapper_options,
+        )  # fmt: skip
+    summary["model"] = model_statistics(rec, names)
+    summary["model"]["path"] = str(out / "sfm") if rec is not None else None
+    if reference is not None and rec is not None:
+        import pycolmap
+
+        ref = pycolmap.Reconstruction(str(reference))
+        est = {n: R for n, (R, _) in poses_by_name(rec).items()}
+        refp = {n: R for n, (R, _) in poses_by_name(ref).items()}
+        errs = rotation_errors(est, refp)
+        summary["reference"] = {
+            "path": str(reference),
+            "rotation_error_deg": errs,
+            "max_rotation_error_deg": max(errs.values()) if errs else None,
+            "missing": sorted(set(refp) - set(est)),
+        }
+    if rec is not None:
+        from ..viz import draw_reconstruction
+
+        draw_reconstruction(
+            rec,
+            out / "reconstruction.png",
+            title=f"{summary['model']['registered_images']}/{len(names)} images, {summary['model']['points3D']} points",
+        )
+        summary["picture"] = str(out / "reconstruction.png")
+    summary["timings_s"] = timings
+    _atomic_json(out / "summary.json", summary)
+    return summary

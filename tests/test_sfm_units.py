@@ -1,0 +1,167 @@
+"""SfM building blocks: image lists, pairs, shards, track building, h5 files."""
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from l2m_plugin.sfm.h5 import PairMatchStore, merge_pair_files, read_matches_h5, write_matches
+from l2m_plugin.sfm.pairs import (
+    exhaustive_pairs,
+    list_images,
+    pair_key,
+    parse_pairs_spec,
+    read_pairs,
+    retrieval_pairs,
+    sequential_pairs,
+    shard_pairs,
+)
+from l2m_plugin.sfm.tracks import build_tracks, one_to_one
+
+
+def _img(path, size=(32, 24)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(path)
+
+
+def test_list_images_nested_and_hidden(tmp_path):
+    for n in ("b.jpg", "a.PNG", "sub/c.jpg", "sub/deeper/d.jpeg", ".hidden/e.jpg"):
+        _img(tmp_path / n)
+    (tmp_path / "notes.txt").write_text("x")
+    assert list_images(tmp_path) == ["a.PNG", "b.jpg", "sub/c.jpg", "sub/deeper/d.jpeg"]
+
+
+def test_list_images_refuses_names_hloc_cannot_tell_apart(tmp_path):
+    _img(tmp_path / "sub/a.jpg")
+    _img(tmp_path / "sub-a.jpg")
+    with pytest.raises(ValueError, match="collide"):
+        list_images(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list_images(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        list_images(tmp_path / "empty")
+
+
+def test_pairs_generators():
+    names = [f"{i}.jpg" for i in range(5)]
+    assert len(exhaustive_pairs(names)) == 10
+    assert sequential_pairs(names, 2) == [
+        ("0.jpg", "1.jpg"), ("0.jpg", "2.jpg"), ("1.jpg", "2.jpg"), ("1.jpg", "3.jpg"),
+        ("2.jpg", "3.jpg"), ("2.jpg", "4.jpg"), ("3.jpg", "4.jpg"),
+    ]  # fmt: skip
+    # Two clusters of descriptors: retrieval:1 pairs each image with its cluster mate.
+    d = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [0.05, 1]], float)
+    pairs = retrieval_pairs(names, d, 1)
+    assert set(pairs) == {("0.jpg", "1.jpg"), ("2.jpg", "4.jpg"), ("3.jpg", "4.jpg")}
+    with pytest.raises(ValueError, match="K must be an integer"):
+        parse_pairs_spec("sequential:x", names)
+    with pytest.raises(ValueError, match="neither"):
+        parse_pairs_spec("nonsense", names)
+
+
+def test_read_pairs_dedupes_and_reports_bad_lines(tmp_path):
+    p = tmp_path / "pairs.txt"
+    p.write_text("a.jpg b.jpg\n# comment\nb.jpg a.jpg\na.jpg a.jpg\n\na.jpg c.jpg  # trailing\n")
+    assert read_pairs(p) == [("a.jpg", "b.jpg"), ("a.jpg", "c.jpg")]
+    p.write_text("a.jpg b.jpg\nonly_one.jpg\n")
+    with pytest.raises(ValueError, match=r"pairs.txt:2"):
+        read_pairs(p)
+    p.write_text("a.jpg z.jpg\n")
+    with pytest.raises(ValueError, match="z.jpg"):
+        read_pairs(p, names=["a.jpg", "b.jpg"])
+
+
+def test_shards_are_disjoint_and_cover():
+    pairs = exhaustive_pairs([f"{i}" for i in range(9)])
+    shards = [shard_pairs(pairs, i, 4) for i in range(4)]
+    assert sorted(p for s in shards for p in s) == sorted(pairs)
+    assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
+    with pytest.raises(ValueError):
+        shard_pairs(pairs, 4, 4)
+
+
+def test_tracks_merge_observations_across_pairs_into_one_track():
+    sizes = {"A": (100, 80), "B": (100, 80), "C": (100, 80)}
+    # The same point seen at slightly different positions of A in pairs (A,B) and (A,C),
+    # plus a lower-score stray match that lands in the same cell of A.
+    pm = [
+        (
+            "A",
+            "B",
+            np.array([[10.2, 20.3], [10.9, 21.0]]),
+            np.array([[30.5, 40.5], [70.5, 70.5]]),
+            np.array([0.9, 0.2]),
+        ),
+        ("A", "C", np.array([[11.0, 21.5]]), np.array([[50.5, 60.5]]), np.array([0.6])),
+        ("B", "C", np.array([[30.7, 40.2]]), np.array([[50.2, 60.9]]), np.array([0.8])),
+    ]
+    t = build_tracks(pm, sizes, cell_size=4.0)
+    assert len(t.keypoints["A"]) == 1  # one keypoint at the most confident observation
+    np.testing.assert_allclose(t.keypoints["A"][0], [10.2, 20.3], atol=1e-6)
+    # One-to-one: the stray (A0 -> B(70, 70)) loses against the better match of A0.
+    idx, scores = t.matches[("A", "B")]
+    assert idx.tolist() == [[0, 0]] and scores.tolist() == pytest.approx([0.9])
+    assert np.array_equal(t.matches[("A", "C")][0], [[0, 0]])
+    assert np.array_equal(t.matches[("B", "C")][0], [[0, 0]])
+    assert t.track_lengths().tolist() == [3]
+    # Sub-pixel: the certainty-weighted mean of the cell's observations.
+    ts = build_tracks(pm, sizes, cell_size=4.0, subpixel=True)
+    w = np.array([0.9, 0.2, 0.6])
+    pts = np.array([[10.2, 20.3], [10.9, 21.0], [11.0, 21.5]])
+    np.testing.assert_allclose(ts.keypoints["A"][0], (w[:, None] * pts).sum(0) / w.sum(), atol=1e-4)
+
+
+def test_tracks_drop_points_outside_and_keep_distinct_cells():
+    sizes = {"A": (20, 20), "B": (20, 20)}
+    k0 = np.array([[1.0, 1.0], [9.0, 1.0], [25.0, 5.0], [3.0, 3.0]])
+    k1 = np.array([[2.0, 2.0], [12.0, 2.0], [5.0, 5.0], [15.0, 15.0]])
+    t = build_tracks([("A", "B", k0, k1, np.array([0.5, 0.5, 0.9, 0.1]))], sizes, cell_size=4.0)
+    assert len(t.keypoints["A"]) == 2  # (1,1) and (3,3) share a cell; (25,5) is outside
+    idx, _ = t.matches[("A", "B")]
+    assert len(idx) == 2  # (3,3) lost the shared cell to the better (1,1) match
+    with pytest.raises(ValueError, match="cell_size"):
+        build_tracks([], sizes, cell_size=0)
+
+
+def test_one_to_one_is_greedy_by_score():
+    keep = one_to_one(
+        np.array([0, 0, 1, 2]), np.array([5, 6, 5, 7]), np.array([0.5, 0.9, 0.8, 0.1])
+    )
+    assert sorted(keep.tolist()) == [1, 2, 3]
+
+
+def test_pair_store_resume_settings_and_merge(tmp_path):
+    s = PairMatchStore(tmp_path / "a.h5", {"matcher": "x"})
+    s.write("a.jpg", "sub/b.jpg", np.ones((3, 2)), np.zeros((3, 2)), np.ones(3), (10, 8), (12, 9))
+    assert ("a.jpg", "sub/b.jpg") in s and ("sub/b.jpg", "a.jpg") in s and len(s) == 1
+    with h5py.File(tmp_path / "a.h5") as f:
+        assert pair_key("a.jpg", "sub/b.jpg") == "a.jpg/sub-b.jpg" and "a.jpg/sub-b.jpg" in f
+    k1, k0, _ = PairMatchStore(tmp_path / "a.h5", {"matcher": "x"}).read("sub/b.jpg", "a.jpg")
+    assert k1.sum() == 0 and k0.sum() == 6
+    with pytest.raises(ValueError, match="another matcher setting"):
+        PairMatchStore(tmp_path / "a.h5", {"matcher": "y"})
+    assert len(PairMatchStore(tmp_path / "a.h5", {"matcher": "y"}, overwrite=True)) == 0
+    s1 = PairMatchStore(tmp_path / "s1.h5", {"m": 1})
+    s2 = PairMatchStore(tmp_path / "s2.h5", {"m": 1})
+    s1.write("a", "b", np.ones((2, 2)), np.ones((2, 2)), np.ones(2), (4, 4), (4, 4))
+    s2.write("a", "c", np.ones((1, 2)), np.ones((1, 2)), np.ones(1), (4, 4), (5, 5))
+    assert merge_pair_files([tmp_path / "s1.h5", tmp_path / "s2.h5"], tmp_path / "m.h5") == 2
+    merged = PairMatchStore(tmp_path / "m.h5", {"m": 1})
+    assert len(merged) == 2 and merged.image_sizes() == {"a": (4, 4), "b": (4, 4), "c": (5, 5)}
+    s3 = PairMatchStore(tmp_path / "s3.h5", {"m": 2})
+    with pytest.raises(ValueError, match="other settings"):
+        merge_pair_files([tmp_path / "s1.h5", tmp_path / "s3.h5"], tmp_path / "m2.h5")
+    del s3
+
+
+def test_matches_h5_roundtrip_in_hloc_layout(tmp_path):
+    write_matches(
+        tmp_path / "m.h5",
+        {("x/a.jpg", "b.jpg"): (np.array([[0, 2], [3, 1]]), np.array([0.5, 0.7]))},
+        {"x/a.jpg": 5, "b.jpg": 3},
+    )
+    with h5py.File(tmp_path / "m.h5") as f:
+        assert f["x-a.jpg/b.jpg/matches0"][()].tolist() == [2, -1, -1, 1, -1]
+    idx, sc = read_matches_h5(tmp_path / "m.h5", "b.jpg", "x/a.jpg")
+    assert idx.tolist() == [[2, 0], [1, 3]] and sc.tolist() == pytest.approx([0.5, 0.7])

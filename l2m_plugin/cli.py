@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -190,6 +191,11 @@ def _pair_matcher(args: argparse.Namespace, image_dir: Path, progress: _Progress
 
 
 def _parse_shard(value: str) -> tuple[int, int]:
+    if value == "env":  # torchrun / torch.distributed launchers set RANK and WORLD_SIZE
+        try:
+            return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        except (KeyError, ValueError):
+            raise argparse.ArgumentTypeError("--shard env needs RANK and WORLD_SIZE in the environment (set by torchrun)") from None
     try:
         i, n = (int(v) for v in value.split("/"))
     except ValueError:
@@ -197,6 +203,22 @@ def _parse_shard(value: str) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise argparse.ArgumentTypeError(f"--shard i/N needs 0 <= i < N, got {value!r}")
     return i, n
+
+
+def _mapper_option(value: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of pycolmap.IncrementalPipelineOptions (dotted keys; bool / int / float / str)."""
+    key, sep, raw = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--mapper needs KEY=VALUE, e.g. mapper.init_min_tri_angle=4; got {value!r}")
+    low = raw.strip().lower()
+    if low in ("true", "false"):
+        return key, low == "true"
+    for cast in (int, float):
+        try:
+            return key, cast(raw)
+        except ValueError:
+            pass
+    return key, raw
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -218,8 +240,9 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             camera_mode=args.camera_mode, camera_model=args.camera_model, camera_params=args.camera_params,
             refine_intrinsics=not args.fixed_intrinsics, ransac_max_error=args.ransac_max_error,
             reference=args.reference, overwrite=args.overwrite, seed=args.seed, progress=not args.quiet,
+            mapper_options=dict(args.mapper) or None,
         )  # fmt: skip
-    except (FileNotFoundError, ValueError, ImageLoadError) as exc:
+    except (FileNotFoundError, ValueError, ImageLoadError, AttributeError) as exc:
         print(f"l2m reconstruct: error: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -247,6 +270,8 @@ def _cmd_match_pairs(args: argparse.Namespace) -> int:
 
     progress = _Progress(args.quiet)
     image_dir = Path(args.image_dir)
+    if args.device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per torchrun process
+        args.device = f"cuda:{os.environ['LOCAL_RANK']}"
     try:
         names = list_images(image_dir)
     except (FileNotFoundError, ValueError) as exc:
@@ -259,6 +284,7 @@ def _cmd_match_pairs(args: argparse.Namespace) -> int:
         pairs = parse_pairs_spec(args.pairs, names, descriptors_fn=lambda: pm.global_descriptors(names))
         i, n = args.shard
         mine = shard_pairs(pairs, i, n)
+        args.out = args.out.replace("{rank}", str(i))
         store = PairMatchStore(args.out, pm.settings(), overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as exc:
         print(f"l2m match-pairs: error: {exc}", file=sys.stderr)
@@ -354,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fixed-intrinsics", action="store_true", help="do not refine the intrinsics in bundle adjustment")
     r.add_argument("--ransac-max-error", type=float, default=4.0, help="two-view verification threshold (px)")
     r.add_argument("--reference", default=None, help="COLMAP model of the same images: per-image rotation errors in the summary")
+    r.add_argument("--mapper", type=_mapper_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="pycolmap IncrementalPipelineOptions field, repeatable "
+                        "(e.g. triangulation.ignore_two_view_tracks=false mapper.init_min_tri_angle=4)")
     r.add_argument("--overwrite", action="store_true", help="recompute matches from an earlier run")
     _add_matcher_flags(r, sfm=True)
     r.set_defaults(func=_cmd_reconstruct)
@@ -361,8 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     mp = sub.add_parser("match-pairs", help="match one shard of a pairs list into an h5 file (for many machines / GPUs)")
     mp.add_argument("image_dir")
     mp.add_argument("--pairs", default="exhaustive", help="exhaustive | sequential:K | retrieval:K | an hloc pairs file")
-    mp.add_argument("--out", required=True, help="the shard's h5 file (resumable)")
-    mp.add_argument("--shard", type=_parse_shard, default=(0, 1), help="i/N: this process matches every N-th pair from the i-th")
+    mp.add_argument("--out", required=True, help="the shard's h5 file (resumable); '{rank}' is replaced by the shard index")
+    mp.add_argument("--shard", type=_parse_shard, default=(0, 1), help="i/N: this process matches every N-th pair from the i-th; 'env': i/N from RANK/WORLD_SIZE (torchrun)")
     mp.add_argument("--overwrite", action="store_true")
     _add_matcher_flags(mp, sfm=True)
     mp.set_defaults(func=_cmd_match_pairs)

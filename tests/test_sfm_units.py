@@ -165,3 +165,17 @@ def test_matches_h5_roundtrip_in_hloc_layout(tmp_path):
         assert f["x-a.jpg/b.jpg/matches0"][()].tolist() == [2, -1, -1, 1, -1]
     idx, sc = read_matches_h5(tmp_path / "m.h5", "b.jpg", "x/a.jpg")
     assert idx.tolist() == [[2, 0], [1, 3]] and sc.tolist() == pytest.approx([0.5, 0.7])
+
+
+def test_cli_shard_spec(monkeypatch):
+    import argparse
+
+    from l2m_plugin.cli import _parse_shard
+
+    assert _parse_shard("2/5") == (2, 5)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert _parse_shard("env") == (3, 4)
+    for bad in ("5/5", "x/2", "1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="i/N"):
+            _parse_shard(bad)

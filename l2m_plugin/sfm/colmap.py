@@ -195,8 +195,13 @@ def run_mapping(
         target = opts
         *path, last = key.split(".")
         for p in path:
-            target = getattr(target, p)
-        setattr(target, last, value)
+            target = getattr(target, p, None)
+        if target is None or not hasattr(target, last):
+            raise ValueError(f"unknown mapper option {key!r} (a field of pycolmap.IncrementalPipelineOptions, e.g. mapper.init_min_tri_angle)")
+        try:
+            setattr(target, last, value)
+        except TypeError as exc:
+            raise ValueError(f"mapper option {key}={value!r}: {exc}") from None
     models = pycolmap.incremental_mapping(database, image_dir, models_dir, options=opts)
     if not models:
         return None

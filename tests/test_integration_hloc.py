@@ -405,3 +405,32 @@ def test_hloc_oracle_reconstruction(scene, oracle_sfm):
         assert all(
             g.config == pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED for g in geometries
         )
+
+
+def test_hloc_reconstruction_reads_l2m_reconstruct_outputs(tmp_path):
+    """features.h5 / matches.h5 / pairs.txt written by `l2m reconstruct` are valid hloc inputs."""
+    from l2m_plugin.sfm.matching import SiftPairMatcher
+    from l2m_plugin.sfm.pipeline import reconstruct
+    from l2m_plugin.synthetic import make_scene
+
+    scene = make_scene(4, (320, 240), seed=2)
+    images = tmp_path / "images"
+    scene.write_images(images)
+    out = tmp_path / "ours"
+    ours = reconstruct(images, out, SiftPairMatcher(images), progress=False)
+    rec = hloc_reconstruction.main(
+        tmp_path / "hloc_sfm", images, out / "pairs.txt", out / "features.h5", out / "matches.h5"
+    )
+    assert rec is not None and rec.num_reg_images() == ours["model"]["registered_images"] == 4
+    # hloc imported the same keypoints (it adds 0.5 to features.h5, as we subtracted it).
+    db = pycolmap.Database.open(tmp_path / "hloc_sfm" / "database.db")
+    ours_db = pycolmap.Database.open(out / "database.db")
+    try:
+        for im in db.read_all_images():
+            ref = ours_db.read_image_with_name(im.name)
+            np.testing.assert_allclose(
+                db.read_keypoints(im.image_id)[:, :2], ours_db.read_keypoints(ref.image_id)[:, :2], atol=1e-4
+            )
+    finally:
+        db.close()
+        ours_db.close()

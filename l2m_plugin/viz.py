@@ -90,12 +90,18 @@ def draw_matches(
         draw.text((4, height + 28), "certainty0", fill="white")
         draw.text((a.width + 4, height + 28), "certainty1", fill="white")
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial.png")
-        canvas.save(tmp)
-        os.replace(tmp, path)
+        _save_png_atomic(canvas, path)
     return canvas
+
+
+def _save_png_atomic(canvas: Image.Image, path: str | os.PathLike) -> Path:
+    """Write a PNG through a temporary file renamed into place (no half-written pictures)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial.png")
+    canvas.save(tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def draw_reconstruction(rec, path: str | os.PathLike, *, title: str = "", size: int = 900) -> Path:
@@ -113,13 +119,9 @@ def draw_reconstruction(rec, path: str | os.PathLike, *, title: str = "", size: 
     Returns:
         the path written.
     """
-    images = [rec.images[i] for i in rec.reg_image_ids()]
-    poses = []
-    for im in images:
-        pose = im.cam_from_world() if callable(im.cam_from_world) else im.cam_from_world
-        R = np.asarray(pose.rotation.matrix())
-        t = np.asarray(pose.translation)
-        poses.append((R, -R.T @ t))
+    from .sfm.colmap import poses_by_name
+
+    poses = [(R, -R.T @ t) for R, t in poses_by_name(rec).values()]
     pts = np.array([p.xyz for p in rec.points3D.values()]).reshape(-1, 3)
     cols = np.array([p.color for p in rec.points3D.values()], dtype=np.uint8).reshape(-1, 3)
     canvas = Image.new("RGB", (size, size), (24, 24, 28))
@@ -153,9 +155,4 @@ def draw_reconstruction(rec, path: str | os.PathLike, *, title: str = "", size: 
             draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=(255, 60, 60))
     if title:
         draw.text((10, 8), title, fill=(235, 235, 235))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    canvas.save(tmp)
-    os.replace(tmp, path)
-    return path
+    return _save_png_atomic(canvas, path)

@@ -168,8 +168,9 @@ class DensePairMatcher:
             total -= _nbytes(feats)
 
     def forget(self, name: str) -> None:
-        """Drop an image's features (e.g. when it has no more pairs)."""
+        """Drop an image's decoded pixels and in-memory features (when it has no more pairs)."""
         self._mem.pop(name, None)
+        self._images.pop(name, None)
 
     def global_descriptors(self, names: list[str]) -> np.ndarray:
         """(N, D) float32 L2-normalised global descriptors for retrieval.
@@ -259,6 +260,11 @@ class SiftPairMatcher:
             self._feats[name] = (xy, desc)
             self.num_encoder_passes += 1
         return self._feats[name]
+
+    def forget(self, name: str) -> None:
+        """Drop an image's decoded pixels and SIFT features (when it has no more pairs)."""
+        self._images.pop(name, None)
+        self._feats.pop(name, None)
 
     def global_descriptors(self, names):
         raise ValueError(

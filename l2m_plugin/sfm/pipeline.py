@@ -132,7 +132,7 @@ def match_pairs(
                     on_failure((a, b), exc)
         for n in (a, b):
             remaining[n] -= 1
-            if remaining[n] == 0 and hasattr(pair_matcher, "forget"):
+            if remaining[n] == 0:
                 pair_matcher.forget(n)
     return report
 

@@ -270,8 +270,8 @@ def test_cli_shards_then_merge_equal_one_run(scene, scene_dir, tmp_path):
         "--camera-params",
         calib["camera_params"],
         "--fixed-intrinsics",
-        # one mapper thread: multi-threaded bundle adjustment may end a few points apart
-        # between two runs on the same matches, and this test compares point counts
+        # one mapper thread: multi-threaded bundle adjustment is not guaranteed repeatable
+        # (it once gave another point count here), and this test compares point counts
         "--mapper",
         "num_threads=1",
         "--quiet",

@@ -204,13 +204,56 @@ def local_correlation(
             its rows (tiled refinement); default: ``f0``'s size.
     Returns:
         (B, (2r+1)^2, H, W): ``<f0, f1(warp + offset)> / sqrt(C)``, window index
-        row-major over (dy, dx), as RoMa's ``local_correlation``. Computed one
-        offset at a time, so the largest temporary is (B, C, H, W) instead of
-        RoMa's (C, H, W, (2r+1)^2) per image; same products, same sums.
+        row-major over (dy, dx), as RoMa's ``local_correlation``.
+
+    When image 1's map has the size of image 0's (always so in the matcher: both
+    images are resized to the same resolution), the window's offsets are whole pixels
+    of image 1, so every window position shares the bilinear weights of the warp
+    itself. The correlation is then taken with the (2r+2)^2 integer pixels around
+    the warp (one gather of feature rows and one batched matrix product per chunk
+    of pixels) and blended with those four weights: the same function as RoMa's
+    (2r+1)^2 bilinear samples of all C channels, with about a quarter of the memory
+    traffic (sums reordered: float32 differences ~1e-5 relative). Other sizes use the
+    sampling loop.
     """
-    B, C, H, W = f0.shape
-    if size is not None:
-        H, W = size
+    B, C, h, w = f0.shape
+    H, W = size if size is not None else (h, w)
+    if tuple(f1.shape[-2:]) != (H, W):
+        return _local_correlation_sampled(f0, f1, warp, radius, H, W)
+    k, n = 2 * radius + 1, 2 * radius + 2
+    # pixel coordinates in f1 with centres on integers (grid_sample's unnormalisation)
+    x = (warp[:, 0].float() + 1) * (W / 2) - 0.5
+    y = (warp[:, 1].float() + 1) * (H / 2) - 0.5
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    # Pad by n zeros on every side: a window that needs clamping lies wholly outside
+    # the image, and the clamped one then reads only padding (zero padding, as RoMa).
+    hp, wp = H + 2 * n, W + 2 * n
+    table = F.pad(f1, (n, n, n, n)).permute(0, 2, 3, 1).reshape(B * hp * wp, C)
+    xi = (x0 - radius + n).clamp(0, wp - n).long()
+    yi = (y0 - radius + n).clamp(0, hp - n).long()
+    batch = torch.arange(B, device=f0.device).view(B, 1, 1) * (hp * wp)
+    start = (batch + yi * wp + xi).reshape(-1)
+    offsets = (torch.arange(n, device=f0.device).view(n, 1) * wp + torch.arange(n, device=f0.device)).reshape(-1)
+    rows0 = (f0 / C**0.5).permute(0, 2, 3, 1).reshape(B * h * w, C, 1).to(table.dtype)
+    ci = torch.empty(B * h * w, n * n, dtype=torch.float32, device=f0.device)
+    chunk = max(1, (1 << 22) // (n * n * C))  # about 4M gathered values at a time
+    with torch.no_grad():
+        for a in range(0, B * h * w, chunk):
+            idx = (start[a : a + chunk, None] + offsets).reshape(-1)
+            window = table.index_select(0, idx).view(-1, n * n, C)
+            ci[a : a + chunk] = torch.bmm(window, rows0[a : a + chunk])[..., 0].float()
+        ci = ci.view(B, h, w, n, n)
+        fx, fy = fx[..., None, None], fy[..., None, None]
+        corr = (1 - fy) * ((1 - fx) * ci[..., :-1, :-1] + fx * ci[..., :-1, 1:]) + fy * (
+            (1 - fx) * ci[..., 1:, :-1] + fx * ci[..., 1:, 1:]
+        )
+    return corr.reshape(B, h, w, k * k).permute(0, 3, 1, 2).to(f0.dtype).contiguous()
+
+
+def _local_correlation_sampled(f0, f1, warp, radius: int, H: int, W: int) -> torch.Tensor:
+    """:func:`local_correlation` by (2r+1)^2 bilinear samples of image 1 (any sizes)."""
+    B, C = f0.shape[:2]
     k = 2 * radius + 1
     dy = torch.linspace(-2 * radius / H, 2 * radius / H, k, device=f0.device)
     dx = torch.linspace(-2 * radius / W, 2 * radius / W, k, device=f0.device)

@@ -567,9 +567,10 @@ def test_cli_end_to_end_format_resume_conf_check_and_failures(tmp_path, capsys):
     for i, name in enumerate(["a.png", "b.jpg", "sub/c.png"]):
         Image.fromarray(_texture(72 + 8 * i, 100, seed=i)).save(images / name)
     (images / "bad.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    Image.fromarray(_texture(20, 24)).save(images / "tiny.png")  # too small: short side < 32
     out = tmp_path / "out"
     assert _synth(images, out, "--pairs-per-image", 2) == 0
-    names = ["a.png", "b.jpg", "bad.jpg", "sub/c.png"]  # sorted listing: indices 0..3
+    names = ["a.png", "b.jpg", "bad.jpg", "sub/c.png", "tiny.png"]  # sorted: indices 0..4
     recs = list_pairs(out)
     assert [r["id"] for r in recs] == ["000000_00", "000000_01", "000001_00", "000001_01",
                                        "000003_00", "000003_01"]  # fmt: skip
@@ -577,11 +578,8 @@ def test_cli_end_to_end_format_resume_conf_check_and_failures(tmp_path, capsys):
         assert r["source"] == names[int(r["id"][:6])] and r["depth_source"] == "synthetic"
         assert set(r) == {"id", "source", "size", "depth_source"}
     fails = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
-    assert (
-        len(fails) == 1
-        and fails[0]["source"] == "bad.jpg"
-        and "ImageLoadError" in fails[0]["error"]
-    )
+    assert [f["source"] for f in fails] == ["bad.jpg", "tiny.png"]
+    assert "ImageLoadError" in fails[0]["error"] and "too small" in fails[1]["error"]
     conf = (out / "synth_conf.yaml").read_text()
     assert "format: l2m-synth" in conf and "version: 1" in conf
     assert (out / "samples.png").is_file() and Image.open(out / "samples.png").width > 150
@@ -654,8 +652,10 @@ def test_cli_with_depth_files_and_a_missing_one(tmp_path):
     np.save(depth / "a.npy", disp)
     cv2.imwrite(str(depth / "s" / "b.png"), np.round(disp / disp.max() * 65535).astype(np.uint16))
     out = tmp_path / "out"
-    assert _synth(images, out, depth=depth) == 0
+    assert _synth(images, out, "--size", "64x40", depth=depth) == 0  # the last --size wins
     recs = {r["source"]: r for r in list_pairs(out)}
+    assert all(r["size"] == [64, 40] for r in recs.values())
+    assert read_pair(out, recs["a.png"]["id"])["image1"].shape == (40, 64, 3)
     assert recs["a.png"]["depth_source"] == "file:a.npy"
     assert recs["s/b.jpg"]["depth_source"] == "file:s/b.png"
     fails = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]

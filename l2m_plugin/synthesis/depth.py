@@ -472,12 +472,14 @@ def _transformers_pipeline(model: str, device: str):
             f"{model!r} in the Hugging Face cache), or use precomputed depth files "
             "(--depth DIR) or --depth synthetic"
         ) from exc
-    try:
-        return transformers.pipeline(
-            "depth-estimation", model=model, device=device, model_kwargs={"local_files_only": True}
-        )
+    try:  # processor and model from the local cache only: nothing is downloaded
+        processor = transformers.AutoImageProcessor.from_pretrained(model, local_files_only=True)
+        net = transformers.AutoModelForDepthEstimation.from_pretrained(model, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise BackendUnavailableError(
             f"the depth model {model!r} is not available locally ({exc}). Download it once "
             f"with `huggingface-cli download {model}` (or set depth.model to a local folder)"
         ) from exc
+    return transformers.pipeline(
+        "depth-estimation", model=net, image_processor=processor, device=device
+    )

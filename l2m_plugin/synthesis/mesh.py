@@ -277,8 +277,12 @@ def rasterize(
         start = torch.cumsum(cnt, 0) - cnt
         local = torch.arange(total, dtype=torch.int64) - start[which]
         nxw = nx[which]
-        col = c0[which] + local % nxw
-        row = r0[which] + local // nxw
+        # row-major position inside the box; float division (exact here: see the + 0.5)
+        # is much faster than int64 division on CPUs
+        q = torch.floor((local.double() + 0.5) / nxw.double()).to(torch.int64)
+        col = c0[which] + (local - q * nxw)
+        row = r0[which] + q
+        del q
         del local, nxw
         px, py = col.double() + 0.5, row.double() + 0.5
         ax, bx, cx = fx.unbind(1)
@@ -328,17 +332,16 @@ def rasterize(
     return Raster(face_buf, backface, depth1, points0, total)
 
 
-def _grid_connectivity(faces: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def _grid_connectivity(faces: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
     """(H*W, 9) bool: entry ``(v, (di + 1) * 3 + (dj + 1))`` is True when vertex v and its
     grid neighbour at offset (di, dj) are corners of one kept triangle (the centre entry:
-    v is used by a kept triangle)."""
-    conn = torch.zeros(height * width, 9, dtype=torch.bool)
+    v is used by a kept triangle). ``rows``/``cols``: (H*W,) grid position of each vertex."""
+    conn = torch.zeros(len(rows), 9, dtype=torch.bool)
+    fr, fc = rows[faces], cols[faces]
     for a in range(3):
         for b in range(3):
-            va, vb = faces[:, a], faces[:, b]
-            di = vb // width - va // width
-            dj = vb % width - va % width
-            conn[va, (di + 1) * 3 + (dj + 1)] = True
+            k = (fr[:, b] - fr[:, a] + 1) * 3 + (fc[:, b] - fc[:, a] + 1)
+            conn[faces[:, a], k] = True
     return conn
 
 
@@ -404,36 +407,38 @@ def warps(
         jx = torch.floor(u - 0.5 + 1e-6).to(torch.int64)
         iy = torch.floor(v - 0.5 + 1e-6).to(torch.int64)
         ok = torch.ones(len(vid), dtype=torch.bool)
-        conn = _grid_connectivity(faces, h0, w0)  # (N, 9): neighbour linked by a kept face
-        vi, vj = vid // w0, vid % w0
-        # plane of every face in camera-1 coordinates: n . X = n . a
-        fa, fb, fc = v1[faces[:, 0]], v1[faces[:, 1]], v1[faces[:, 2]]
-        fn = torch.linalg.cross(fb - fa, fc - fa)
-        fd = (fn * fa).sum(1)
-        fnn = fn.norm(dim=1)
-        del fa, fb, fc
-        ray_n = ray.norm(dim=1)
+        grid_r = torch.arange(h0 * w0) // w0
+        grid_c = torch.arange(h0 * w0) - grid_r * w0
+        conn = _grid_connectivity(faces, grid_r, grid_c)  # neighbours linked by a kept face
+        vi, vj = grid_r[vid], grid_c[vid]
         for di in (0, 1):
             for dj in (0, 1):
                 r = (iy + di).clamp(0, h1 - 1)
                 c = (jx + dj).clamp(0, w1 - 1)
                 f = raster.face[r, c]
-                okc = (f >= 0) & ~raster.backface[r, c]
+                ok &= (f >= 0) & ~raster.backface[r, c]
                 f = f.clamp(min=0)
                 # same surface 1: a corner of the face is the vertex or linked to it by a
                 # kept triangle (the surface is continuous between them)
                 linked = torch.zeros(len(vid), dtype=torch.bool)
                 for corner in faces[f].unbind(1):
-                    ci, cj = corner // w0 - vi, corner % w0 - vj
+                    ci, cj = grid_r[corner] - vi, grid_c[corner] - vj
                     near = (ci.abs() <= 1) & (cj.abs() <= 1)
                     k = ((ci + 1) * 3 + (cj + 1)).clamp(0, 8)
                     linked |= near & conn[vid, k]
-                # same surface 2: the face's plane passes through the vertex
-                den = (fn[f] * ray).sum(1)
-                stable = den.abs() > 1e-9 * fnn[f] * ray_n
-                zp = fd[f] / torch.where(stable, den, torch.ones_like(den))
-                plane = stable & ((zp - zv).abs() <= visibility_rel_tol * zv)
-                ok &= okc & (linked | plane)
+                # same surface 2 (only where not linked): the face's plane, in camera-1
+                # coordinates n . X = n . a, passes through the vertex
+                rest = torch.nonzero(ok & ~linked).squeeze(1)
+                if len(rest):
+                    fv = faces[f[rest]]
+                    a, b, cc = v1[fv[:, 0]], v1[fv[:, 1]], v1[fv[:, 2]]
+                    n = torch.linalg.cross(b - a, cc - a)
+                    rr = ray[rest]
+                    den = (n * rr).sum(1)
+                    stable = den.abs() > 1e-9 * n.norm(dim=1) * rr.norm(dim=1)
+                    zp = (n * a).sum(1) / torch.where(stable, den, torch.ones_like(den))
+                    zr = zv[rest]
+                    ok[rest] = stable & ((zp - zr).abs() <= visibility_rel_tol * zr)
         valid0[vid] = ok
     valid0 = valid0.reshape(h0, w0)
     warp0 = pixel_to_normalized(uv, w1, h1).reshape(h0, w0, 2)

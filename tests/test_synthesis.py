@@ -456,6 +456,12 @@ def test_synthesize_pair_is_seeded_and_consistent():
     )
     assert (g["warp0"][~g["valid0"]] == 2.0).all() and (g["warp1"][~g["valid1"]] == 2.0).all()
     assert (g["depth1"][g["valid1"]] > 0).all() and (g["depth0"][g["valid0"]] > 0).all()
+    assert a.info["covisible"] >= PRESETS["hard"].motion.min_covisible
+    # motions that leave too little overlap are redrawn; after max_tries the best is kept
+    far = _quiet(rotation_deg=(60, 70))
+    far = load_config(far, ["motion.max_tries=3"])
+    c = synthesize_pair(img, z, far, np.random.default_rng(0))
+    assert c.info["covisible"] < far.motion.min_covisible and c.image1.shape == img.shape
     with pytest.raises(ValueError, match="uint8"):
         synthesize_pair(img.astype(np.float32), z)
     with pytest.raises(ValueError, match="shape"):

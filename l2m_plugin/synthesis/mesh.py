@@ -48,6 +48,7 @@ __all__ = [
     "project",
     "rasterize",
     "render",
+    "sample_image",
     "warps",
 ]
 

@@ -281,18 +281,16 @@ def synthesize_pair(
         cov = covisible_fraction(z, K0, K1, T, (w, h), conf.mesh.near_clip)
         info.update(tries=attempt + 1, covisible_estimate=cov)
         if cov < mc.min_covisible and best is not None and cov <= best[0]:
+            continue  # the estimate bounds the overlap from above: cannot beat the best
+        try:
+            raster = rasterize(mesh, K1, T, (w, h), **raster_kw)
+        except RasterBudgetError as exc:
+            logger.debug("motion redrawn: %s", exc)
             continue
-        raster = None
-        if cov >= mc.min_covisible or best is None or cov > best[0]:
-            try:
-                raster = rasterize(mesh, K1, T, (w, h), **raster_kw)
-            except RasterBudgetError as exc:
-                logger.debug("motion redrawn: %s", exc)
-                continue
-            # both sides must overlap: image 0 pixels landing in view 1, and view 1
-            # pixels showing the surface (not holes)
-            cov = min(cov, 1.0 - float(raster.hole.double().mean()))
-            info["covisible"] = cov
+        # both sides must overlap: image 0 pixels landing in view 1, and view 1 pixels
+        # showing the surface (not holes)
+        cov = min(cov, 1.0 - float(raster.hole.double().mean()))
+        info["covisible"] = cov
         if best is None or cov > best[0]:
             best = (cov, T, raster, info)
         if cov >= mc.min_covisible:

@@ -207,7 +207,7 @@ class RelightConf:
     ambient: Range = (0.3, 0.7)
     colored_probability: float = 0.5
     strength: Range = (0.3, 0.8)
-    specular: Range = (0.0, 0.3)
+    specular: Range = (0.0, 0.15)
     shininess: Range = (8.0, 64.0)
 
 
@@ -344,41 +344,40 @@ def _hard() -> SynthConfig:
     r = dataclasses.replace
     d = SynthConfig()
     return SynthConfig(
-        camera=r(d.camera, zoom_range=(0.75, 1.33)),
+        camera=r(d.camera, zoom_range=(0.8, 1.25)),
         motion=r(
             d.motion,
             orbit_probability=0.7,
             translation_x=(0.2, 0.6),
             translation_y=(0.2, 0.6),
-            translation_z=(0.4, 1.0),
             rotation_deg=(5.0, 20.0),
             orbit_yaw_deg=(15.0, 45.0),
             orbit_pitch_deg=(5.0, 30.0),
             orbit_roll_deg=(0.0, 15.0),
-            orbit_distance_scale=(0.55, 1.7),
-            min_covisible=0.25,
+            orbit_distance_scale=(0.6, 1.5),
+            min_covisible=0.4,
         ),
         depth=d.depth,
         relight=r(
             d.relight,
             probability=1.0,
             intensity=(0.4, 3.0),
-            ambient=(0.15, 0.6),
-            strength=(0.5, 1.0),
-            specular=(0.0, 0.5),
-        ),  # fmt: skip
+            ambient=(0.2, 0.6),
+            strength=(0.4, 0.9),
+            specular=(0.0, 0.25),
+        ),
         jitter=r(
             d.jitter,
             probability=1.0,
-            brightness=(0.6, 1.4),
-            contrast=(0.6, 1.4),
+            brightness=(0.65, 1.35),
+            contrast=(0.7, 1.3),
             saturation=(0.5, 1.5),
             hue_deg=(-15.0, 15.0),
-            gamma=(0.6, 1.6),
+            gamma=(0.7, 1.5),
             noise_std=(0.0, 0.04),
             blur_probability=0.3,
-            blur_sigma=(0.3, 2.0),
-        ),  # fmt: skip
+            blur_sigma=(0.3, 1.5),
+        ),
     )
 
 

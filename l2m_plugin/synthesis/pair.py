@@ -198,10 +198,13 @@ def sample_motion(depth: np.ndarray, conf, rng: np.random.Generator):
 
 
 def covisible_fraction(depth, K0, K1, T_0to1, size1, near_clip: float = 0.01, stride: int = 4):
-    """Share of image 0's pixels with depth that land inside image 1 in front of it.
+    """Cheap overlap estimate of a motion, before rendering it.
 
-    A cheap upper bound of the final valid0 share (occlusions ignored), on every
-    ``stride``-th pixel; used to redraw motions that leave too little overlap.
+    The smaller of: the share of image 0's pixels with depth (every ``stride``-th pixel)
+    that land inside image 1 in front of it, and the share of image 1's ``2 * stride``-px
+    cells that receive at least one of them. Both ignore occlusion and holes between
+    landing points, so it bounds the rendered overlap from above (roughly); used to redraw
+    motions that leave too little overlap without rasterising them.
     """
     z = np.asarray(depth, np.float64)[::stride, ::stride]
     h, w = np.asarray(depth).shape
@@ -216,7 +219,11 @@ def covisible_fraction(depth, K0, K1, T_0to1, size1, near_clip: float = 0.01, st
     uv = (X1 @ np.asarray(K1).T)[:, :2] / np.where(zf > 1e-12, zf, 1e-12)[:, None]
     w1, h1 = size1
     ok = (zf > near_clip) & (uv[:, 0] >= 0) & (uv[:, 0] < w1) & (uv[:, 1] >= 0) & (uv[:, 1] < h1)
-    return float(ok.mean())
+    cell = 2 * stride
+    gw, gh = -(-w1 // cell), -(-h1 // cell)
+    hit = np.zeros(gh * gw, bool)
+    hit[(uv[ok, 1] // cell).astype(int) * gw + (uv[ok, 0] // cell).astype(int)] = True
+    return float(min(ok.mean(), hit.mean()))
 
 
 def _check_inputs(image, depth):

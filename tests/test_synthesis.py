@@ -530,12 +530,19 @@ def test_synthetic_depth_is_seeded_plausible_and_has_occlusions():
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("diffusers") is not None,
                     reason="diffusers is installed")  # fmt: skip
-def test_diffusers_backend_names_the_missing_package():
+def test_diffusers_backend_names_the_missing_package(tmp_path):
     conf = load_config("l2m", ["inpaint.method=diffusers"]).inpaint
     mask = np.zeros((20, 20), bool)
     mask[5:9, 5:9] = True
     with pytest.raises(BackendUnavailableError, match="'diffusers' package"):
         inpaint(np.zeros((20, 20, 3), np.uint8), mask, conf)
+    from l2m_plugin.cli import main
+
+    images = tmp_path / "img"
+    images.mkdir()
+    Image.fromarray(_texture(40, 50)).save(images / "a.png")
+    args = ["synth", "--images", images, "--depth", "synthetic", "--out", tmp_path / "o"]
+    assert main([*map(str, args), "--set", "inpaint.method=diffusers", "--quiet"]) == 2
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("transformers") is not None,
@@ -623,6 +630,10 @@ def test_cli_end_to_end_format_resume_conf_check_and_failures(tmp_path, capsys):
     assert (out / "pairs.jsonl").read_text() == jsonl
     assert {f: f.stat().st_mtime_ns for f in (out / "pairs").rglob("*") if f.is_file()} == mtimes
     assert not (out / "pairs" / "000002_00.tmp-999").exists()
+    # a line cut by a crash is ignored by the reader and removed by the next run
+    with open(out / "pairs.jsonl", "a") as f:
+        f.write('{"id": "000000_0')
+    assert len(list_pairs(out)) == 6
     # more pairs per image: only the new ones are written
     assert _synth(images, out, "--pairs-per-image", 3) == 0
     assert [r["id"] for r in list_pairs(out)][6:] == ["000000_02", "000001_02", "000003_02"]

@@ -8,7 +8,8 @@ Layout (the training loader depends on it; do not change without bumping ``versi
                              {"id", "source" (image path relative to --images),
                               "size": [W, H], "depth_source"}
       failures.jsonl         one line per skipped image or pair: {"source", "index",
-                             "id" (null for a whole image), "error"}
+                             "id" (null for a whole image), "error"}; failed images are
+                             retried by every rerun (one line per attempt)
       pairs/<id>/image0.png  uint8 RGB H x W: the photo after resizing/cropping and its
                              own appearance change
       pairs/<id>/image1.png  uint8 RGB H x W: the rendered novel view, holes filled

@@ -8,6 +8,7 @@ Subcommands:
     ``l2m match-pairs IMAGE_DIR --out F``   match one shard (``--shard i/N``) of a pairs list
     ``l2m merge SHARD.h5... --out DIR``     combine shards for ``reconstruct`` and hloc
     ``l2m bench NAME --data-root DIR``      MegaDepth-1500 / ScanNet-1500 / ZEB / HPatches (cached, resumable)
+    ``l2m synth --images DIR --depth D --out DIR``  synthetic training pairs from single photos (resumable)
 
 Progress and the model that ran go to stderr; the paths written go to stdout.
 """
@@ -376,6 +377,41 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0 if summary["num_missing"] < summary["num_pairs"] else 1
 
 
+def _cmd_synth(args: argparse.Namespace) -> int:
+    """Novel-view training pairs in the "l2m-synth" format (l2m_plugin.synthesis.dataset)."""
+    from .synthesis.config import load_config
+    from .synthesis.dataset import RunSettings, run_synthesis
+    from .synthesis.errors import BackendUnavailableError, ConfigMismatchError
+
+    prog = "l2m synth"
+    progress = _Progress(args.quiet)
+    try:
+        conf = load_config(args.preset, args.set)
+        settings = RunSettings(images=args.images, depth=args.depth, pairs_per_image=args.pairs_per_image,
+                               size=args.size, max_images=args.max_images, seed=args.seed)  # fmt: skip
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    progress(f"{args.images} -> {args.out}: {args.pairs_per_image} pairs per image, depth {args.depth}, "
+             f"size {args.size}, preset {args.preset}, seed {args.seed}")  # fmt: skip
+    try:
+        summary = run_synthesis(settings, args.out, conf, overwrite=args.overwrite, progress=not args.quiet)
+    except (FileNotFoundError, ConfigMismatchError, BackendUnavailableError, ValueError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    progress(f"wrote {summary['written']} new pairs ({summary['seconds_per_pair']:.2f} s/pair), "
+             f"{summary['skipped']} already done, {len(summary['failed'])} failed"
+             + (f" (see {Path(args.out) / 'failures.jsonl'})" if summary["failed"] else ""))  # fmt: skip
+    print(Path(args.out) / "pairs.jsonl")
+    if summary["samples"]:
+        print(summary["samples"])
+    return 0 if summary["total"] or not summary["failed"] else 1
+
+
 def _add_matcher_flags(p: argparse.ArgumentParser, sfm: bool = False) -> None:
     if sfm:
         p.add_argument("--matcher", default="l2m", choices=["l2m", "sift"], help="dense L2M, or OpenCV SIFT through the same pipeline")
@@ -471,6 +507,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true", help="replace a cache made with other settings")
     _add_matcher_flags(b)
     b.set_defaults(func=_cmd_bench, weights=None)
+
+    sy = sub.add_parser("synth", help="synthetic training pairs (novel views with exact warps) from single photos")
+    sy.add_argument("--images", required=True, help="folder of photos (recursive)")
+    sy.add_argument("--depth", required=True, help="folder of disparity/depth files mirroring --images "
+                    "(a/b.jpg -> a/b.npy or a/b.png), 'synthetic' (offline), or 'transformers' (Depth Anything V2)")
+    sy.add_argument("--out", required=True, help="output folder (l2m-synth format; resumable)")
+    sy.add_argument("--pairs-per-image", type=int, default=1)
+    sy.add_argument("--size", default="512", help="long side in pixels (e.g. 512) or WxH with a centre crop (e.g. 640x480)")
+    sy.add_argument("--max-images", type=int, default=None, help="only the first M images of the sorted listing")
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--preset", default="l2m", choices=["l2m", "hard"], help="the authors' ranges, or wider motion/appearance change")
+    sy.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a synthesis config entry, repeatable (e.g. motion.rotation_deg=[5,15], inpaint.method=opencv-ns)")
+    sy.add_argument("--overwrite", action="store_true", help="delete an earlier run with other settings in --out")
+    sy.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    sy.add_argument("--quiet", action="store_true")
+    sy.set_defaults(func=_cmd_synth)
 
     w = sub.add_parser("weights", help="list the weights registry and the cache")
     w.set_defaults(func=_cmd_weights)

@@ -388,7 +388,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     try:
         conf = load_config(args.preset, args.set)
         settings = RunSettings(images=args.images, depth=args.depth, pairs_per_image=args.pairs_per_image,
-                               size=args.size, max_images=args.max_images, seed=args.seed)  # fmt: skip
+                               size=args.size, max_images=args.max_images, seed=args.seed,
+                               split=args.split, holdout_every=args.holdout_every)  # fmt: skip
     except ValueError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -516,6 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--pairs-per-image", type=int, default=1)
     sy.add_argument("--size", default="512", help="long side in pixels (e.g. 512) or WxH with a centre crop (e.g. 640x480)")
     sy.add_argument("--max-images", type=int, default=None, help="only the first M images of the sorted listing")
+    sy.add_argument("--split", default="all", choices=["all", "train", "heldout"],
+                    help="photo j of the sorted listing is held out when j %% HOLDOUT_EVERY == 0: "
+                         "'train' and 'heldout' sets from one folder never share a photo")  # fmt: skip
+    sy.add_argument("--holdout-every", type=int, default=10, help="see --split")
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--preset", default="l2m", choices=["l2m", "hard"], help="the authors' ranges, or wider motion/appearance change")
     sy.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -697,3 +697,15 @@ def test_a_real_photo_with_synthetic_depth():
     pair = synthesize_pair(img, z, PRESETS["l2m"], rng)
     assert pair.valid0.mean() > 0.2 and pair.valid1.mean() > 0.2
     assert pair.image1.shape == img.shape
+
+
+def test_train_and_heldout_splits_never_share_a_photo():
+    from l2m_plugin.synthesis.dataset import RunSettings, split_images
+
+    names = [f"img_{j:03d}.jpg" for j in range(35)]
+    train, held = split_images(names, "train"), split_images(names, "heldout", 10)
+    assert held == ["img_000.jpg", "img_010.jpg", "img_020.jpg", "img_030.jpg"]
+    assert len(train) == 31 and not set(train) & set(held)
+    assert sorted(train + held) == names and split_images(names, "all") == names
+    with pytest.raises(ValueError, match="split must be one of"):
+        RunSettings(images="x", depth="synthetic", split="test")

@@ -347,6 +347,10 @@ class RunSettings:
         size: "512" (long side) or "640x480" (W x H, centre crop).
         max_images: only the first M images of the sorted listing (None: all).
         seed: base seed; pair ``(i, k)`` uses ``numpy.random.default_rng([seed, i, k])``.
+        split: "all", "train" or "heldout": image ``j`` of the sorted listing is held
+            out when ``j % holdout_every == 0``, so a training set and an evaluation set
+            made from one folder never share a photo (applied before ``max_images``).
+        holdout_every: see ``split`` (10: every tenth photo is held out).
     """
 
     images: str
@@ -355,13 +359,31 @@ class RunSettings:
     size: str = "512"
     max_images: int | None = None
     seed: int = 0
+    split: str = "all"
+    holdout_every: int = 10
 
     def __post_init__(self):
         parse_size(self.size)
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.holdout_every < 2:
+            raise ValueError(f"holdout_every must be >= 2, got {self.holdout_every}")
         if self.pairs_per_image < 1 or self.pairs_per_image > 100:
             raise ValueError(f"pairs_per_image must be in 1..100, got {self.pairs_per_image}")
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"max_images must be >= 1, got {self.max_images}")
+
+
+SPLITS = ("all", "train", "heldout")
+
+
+def split_images(names: list[str], split: str, holdout_every: int = 10) -> list[str]:
+    """The images of ``split`` ("all", "train", "heldout"): image ``j`` of ``names`` is
+    held out when ``j % holdout_every == 0`` (see :class:`RunSettings`)."""
+    if split == "all":
+        return list(names)
+    held = split == "heldout"
+    return [n for j, n in enumerate(names) if (j % holdout_every == 0) == held]
 
 
 #: run settings that may change between runs of one output folder (they only select pairs)
@@ -542,6 +564,7 @@ def run_synthesis(
             names = [n for n in names if not n.startswith(inner + "/")]
         except ValueError:
             pass
+    names = split_images(names, settings.split, settings.holdout_every)
     if settings.max_images is not None:
         names = names[: settings.max_images]
     out = Path(out)

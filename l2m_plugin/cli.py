@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     t2.add_argument("--conf", default=None, help="training YAML (e.g. configs/train/stage2_tiny.yaml)")
     t2.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="config overrides, e.g. data.root=DIR train.out=DIR train.steps=100")
-    t2.add_argument("--overwrite", action="store_true", help="replace a run of another configuration in train.out")
+    t2.add_argument("--overwrite", action="store_true", help="delete the run in train.out (of any configuration) and start again")
     t2.add_argument("--stop-at", type=int, default=None, help="stop with a checkpoint after this step (resume later)")
     t2.set_defaults(func=_cmd_train_stage2)
 

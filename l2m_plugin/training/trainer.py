@@ -135,9 +135,9 @@ def load_conf(path=None, overrides: list[str] | None = None):
     except OmegaConfBaseException as exc:
         where = " with ".join(x for x in (str(path) if path else "", f"overrides {overrides}" if overrides else "") if x)
         raise TrainConfigError(f"{where}: {exc}".replace("\n", " ")) from None
-    for key in ("data.root", "train.out"):
-        if OmegaConf.is_missing(conf, key):
-            raise TrainConfigError(f"{key} is required: pass {key}=PATH")
+    for section, key in (("data", "root"), ("train", "out")):
+        if OmegaConf.is_missing(conf[section], key):
+            raise TrainConfigError(f"{section}.{key} is required: pass {section}.{key}=PATH")
     try:
         MatcherConfig.from_dict(OmegaConf.to_container(conf.model, resolve=True))
         LossConfig.from_dict(OmegaConf.to_container(conf.loss, resolve=True))
@@ -308,7 +308,9 @@ class Trainer:
     Args:
         conf: a configuration from :func:`load_conf` (an OmegaConf DictConfig) or a plain dict
             (merged onto :data:`DEFAULT_CONF`).
-        overwrite: delete the outputs of a run of another configuration in ``train.out``.
+        overwrite: delete the outputs of an earlier run in ``train.out`` and start again
+            (without it, a run of the same configuration is resumed and one of another
+            configuration refused).
 
     ``run()`` trains to ``train.steps`` (or ``train.stop_at``) and returns the path of
     ``model.pth`` (or of the last checkpoint when stopped early).
@@ -359,29 +361,31 @@ class Trainer:
         return torch.bfloat16, False
 
     def _prepare_out(self) -> None:
-        """Check ``train.out`` against this config (rank 0 deletes on overwrite and writes config.yaml)."""
+        """Check ``train.out`` against this configuration; with ``overwrite`` rank 0 deletes the
+        outputs of an earlier run there (same configuration or not); rank 0 writes config.yaml."""
         from omegaconf import OmegaConf
 
         saved = self.out / "config.yaml"
-        if saved.is_file():
+        if saved.is_file() and not self.overwrite:
             old = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
             diff = _config_diff(old, self.resolved)
-            if diff and not self.overwrite:
+            if diff:
                 raise TrainConfigError(
                     f"{self.out} holds a run of another configuration ({'; '.join(diff)}). "
                     "Choose another train.out, or pass --overwrite (overwrite=True) to delete that run."
                 )
-            if diff and self.rank == 0:
-                logger.warning("overwriting the run in %s (%s)", self.out, "; ".join(diff))
-                for name in ("checkpoints", "tensorboard"):
-                    shutil.rmtree(self.out / name, ignore_errors=True)
-                for name in ("log.csv", "model.pth", "config.yaml"):
-                    (self.out / name).unlink(missing_ok=True)
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            tmp = saved.with_name("config.yaml.partial")
-            tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(self.resolved)))
-            os.replace(tmp, saved)
+        if self.rank != 0:
+            return
+        if self.overwrite and saved.is_file():
+            logger.warning("--overwrite: deleting the earlier run in %s", self.out)
+            for name in ("checkpoints", "tensorboard"):
+                shutil.rmtree(self.out / name, ignore_errors=True)
+            for name in ("log.csv", "model.pth", "config.yaml"):
+                (self.out / name).unlink(missing_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = saved.with_name("config.yaml.partial")
+        tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(self.resolved)))
+        os.replace(tmp, saved)
 
     def _checkpoints(self) -> list[Path]:
         return sorted((self.out / "checkpoints").glob("step_*.pt"))

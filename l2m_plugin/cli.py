@@ -9,6 +9,7 @@ Subcommands:
     ``l2m merge SHARD.h5... --out DIR``     combine shards for ``reconstruct`` and hloc
     ``l2m bench NAME --data-root DIR``      MegaDepth-1500 / ScanNet-1500 / ZEB / HPatches (cached, resumable)
     ``l2m synth --images DIR --depth D --out DIR``  synthetic training pairs from single photos (resumable)
+    ``l2m train stage2 --conf YAML [k=v]``  L2M stage-2 training (resumable; torchrun for several processes)
 
 Progress and the model that ran go to stderr; the paths written go to stdout.
 """
@@ -411,6 +412,26 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if summary["samples"]:
         print(summary["samples"])
     return 0 if summary["total"] or not summary["failed"] else 1
+def _cmd_train_stage2(args: argparse.Namespace) -> int:
+    import logging
+
+    from .training import DataError, TrainConfigError, load_conf
+    from .training.trainer import Trainer
+    from .weights import WeightsError
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="[l2m %(asctime)s] %(message)s", stream=sys.stderr)
+    overrides = list(args.overrides)
+    if args.stop_at is not None:
+        overrides.append(f"train.stop_at={args.stop_at}")
+    try:
+        path = Trainer(load_conf(args.conf, overrides), overwrite=args.overwrite).run()
+    except (TrainConfigError, DataError, WeightsError, OSError) as exc:
+        print(f"l2m train stage2: error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(path)
+    return 0
 
 
 def _add_matcher_flags(p: argparse.ArgumentParser, sfm: bool = False) -> None:
@@ -529,6 +550,16 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     sy.add_argument("--quiet", action="store_true")
     sy.set_defaults(func=_cmd_synth)
+    tr = sub.add_parser("train", help="train a matcher (stage2: L2M's second stage, on dense pairs)")
+    trs = tr.add_subparsers(dest="train_command", required=True)
+    t2 = trs.add_parser("stage2", help="train the matcher on dense pairs (synthetic or MegaDepth); resumes a run of the same config",
+                        description="Writes train.out/{config.yaml,log.csv,checkpoints/,model.pth}; prints model.pth's path.")
+    t2.add_argument("--conf", default=None, help="training YAML (e.g. configs/train/stage2_tiny.yaml)")
+    t2.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="config overrides, e.g. data.root=DIR train.out=DIR train.steps=100")
+    t2.add_argument("--overwrite", action="store_true", help="delete the run in train.out (of any configuration) and start again")
+    t2.add_argument("--stop-at", type=int, default=None, help="stop with a checkpoint after this step (resume later)")
+    t2.set_defaults(func=_cmd_train_stage2)
 
     w = sub.add_parser("weights", help="list the weights registry and the cache")
     w.set_defaults(func=_cmd_weights)

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MatcherConfig", "PRESETS"]
+__all__ = ["ArchConfig", "ARCH_PRESETS", "MatcherConfig", "PRESETS"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -45,12 +45,137 @@ def _pair(v, name: str) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class ArchConfig:
+    """Widths and depths of the network: the encoder and decoder are built from these numbers.
+
+    Per-scale tuples are ordered like the decoder's scales ``(16, 8, 4, 2, 1)``.
+    The ``"roma"`` preset (:data:`ARCH_PRESETS`) is RoMa's ``roma_model`` / the
+    L2M release (``romatch/models/model_zoo/roma_models.py``,
+    ``experiments/train_roma_outdoor.py``): every default below is its number,
+    so its state-dict keys and outputs are those of the official checkpoints.
+
+    Attributes:
+        coarse: where the stride-16 (key 16) features come from: ``"dinov2"`` (a DINOv2
+            ViT-{S,B,L}/14 chosen by ``MatcherConfig.encoder``, stride 14, never
+            trained: RoMa runs it without gradients), ``"vit"`` (a small timm ViT with
+            patch 14 trained from scratch) or ``"cnn"`` (two more conv stages on top of
+            the fine pyramid: stride 16).
+        cnn: fine pyramid (strides 1, 2, 4, 8): ``"vgg19"`` (VGG19-BN, RoMa) or
+            ``"small"`` (a VGG-style stack of ``cnn_convs`` conv-BN-ReLU per stage).
+        cnn_channels: channels at strides (1, 2, 4, 8); must be (64, 128, 256, 512) for vgg19.
+        cnn_convs: conv layers per stage of the small pyramid.
+        coarse_dim: channels of the coarse features for ``"cnn"`` and ``"vit"``
+            (``"dinov2"``: the ViT's width, from ``MatcherConfig.encoder``).
+        coarse_convs: conv layers of the stride-16 stage (``"cnn"``).
+        vit_depth, vit_heads: the small ViT's blocks and heads (``"vit"``).
+        gp_dim: channels of the GP's Fourier embedding of image-1 coordinates.
+        proj_dims: channels after the per-scale 1x1 projection, scales (16, 8, 4, 2, 1);
+            the classifier's width is ``gp_dim + proj_dims[0]``.
+        cls_depth, cls_heads: transformer blocks and heads of the anchor classifier.
+        anchor_res: R: the classifier scores R x R anchors over image 1.
+        disp_emb_dims: displacement-embedding channels of each refiner.
+        corr_radii: local-correlation radius of each refiner (0: none).
+        refiner_blocks: hidden depth-wise blocks per refiner (RoMa: 8).
+        refiner_kernel: depth-wise kernel size (RoMa: 5).
+    """
+
+    coarse: str = "dinov2"
+    cnn: str = "vgg19"
+    cnn_channels: tuple[int, int, int, int] = (64, 128, 256, 512)
+    cnn_convs: int = 2
+    coarse_dim: int | None = None
+    coarse_convs: int = 2
+    vit_depth: int = 4
+    vit_heads: int = 3
+    gp_dim: int = 512
+    proj_dims: tuple[int, int, int, int, int] = (512, 512, 256, 64, 9)
+    cls_depth: int = 5
+    cls_heads: int = 8
+    anchor_res: int = 64
+    disp_emb_dims: tuple[int, int, int, int, int] = (128, 64, 32, 16, 6)
+    corr_radii: tuple[int, int, int, int, int] = (7, 3, 2, 0, 0)
+    refiner_blocks: int = 8
+    refiner_kernel: int = 5
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        for name, n in (("cnn_channels", 4), ("proj_dims", 5), ("disp_emb_dims", 5), ("corr_radii", 5)):
+            v = getattr(self, name)
+            try:
+                v = tuple(int(x) for x in v)
+            except (TypeError, ValueError):
+                raise ValueError(f"ArchConfig.{name} must be {n} integers, got {v!r}") from None
+            if len(v) != n:
+                scales = "strides 1, 2, 4, 8" if n == 4 else "scales 16, 8, 4, 2, 1"
+                raise ValueError(f"ArchConfig.{name} must have {n} entries ({scales}), got {v!r}")
+            set_(self, name, v)
+        if self.coarse not in ("dinov2", "vit", "cnn"):
+            raise ValueError(f"ArchConfig.coarse must be 'dinov2', 'vit' or 'cnn', got {self.coarse!r}")
+        if self.cnn not in ("vgg19", "small"):
+            raise ValueError(f"ArchConfig.cnn must be 'vgg19' or 'small', got {self.cnn!r}")
+        if self.cnn == "vgg19" and self.cnn_channels != (64, 128, 256, 512):
+            raise ValueError(f"cnn='vgg19' has channels (64, 128, 256, 512), got cnn_channels={self.cnn_channels}")
+        if self.coarse != "dinov2" and not self.coarse_dim:
+            raise ValueError(f"ArchConfig.coarse={self.coarse!r} needs coarse_dim (channels of the coarse features)")
+        if self.coarse == "vit" and self.coarse_dim % self.vit_heads:
+            raise ValueError(f"coarse_dim {self.coarse_dim} must be divisible by vit_heads {self.vit_heads}")
+        width = self.gp_dim + self.proj_dims[0]
+        if width % self.cls_heads:
+            raise ValueError(f"classifier width gp_dim + proj_dims[0] = {width} must be divisible by cls_heads {self.cls_heads}")
+        if self.anchor_res < 2 or self.refiner_kernel % 2 == 0 or min(self.corr_radii) < 0:
+            raise ValueError("anchor_res must be >= 2, refiner_kernel odd and corr_radii >= 0")
+
+    @property
+    def coarse_stride(self) -> int:
+        """Pixels per coarse feature: 14 (ViT patches) or 16 (the CNN's stride)."""
+        return 16 if self.coarse == "cnn" else 14
+
+    def replace(self, **changes) -> ArchConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+#: Named architectures. ``roma``: the released L2M / RoMa network (ViT-L/14 + VGG19-BN and
+#: RoMa's decoder). ``tiny``: the same structure (GP matcher, anchor classifier, refiners at
+#: 16/8/4/2/1, certainty) with a small CNN everywhere (coarse features at stride 16 from two
+#: more stages on the fine pyramid), narrow widths, 32 x 32 anchors and 3 blocks per refiner:
+#: 3,863,463 parameters (15.5 MB in float32), trained from scratch
+#: (``configs/train/stage2_tiny.yaml``).
+ARCH_PRESETS: dict[str, ArchConfig] = {
+    "roma": ArchConfig(),
+    "tiny": ArchConfig(
+        coarse="cnn", cnn="small", cnn_channels=(16, 32, 64, 96), cnn_convs=2,
+        coarse_dim=128, coarse_convs=2, gp_dim=128, proj_dims=(128, 64, 32, 16, 6),
+        cls_depth=3, cls_heads=8, anchor_res=32, disp_emb_dims=(32, 16, 16, 8, 4),
+        corr_radii=(3, 3, 2, 0, 0), refiner_blocks=3, refiner_kernel=5,
+    ),  # fmt: skip
+}
+
+
+def _arch(value) -> ArchConfig | str:
+    if isinstance(value, ArchConfig):
+        return value
+    if isinstance(value, str):
+        if value not in ARCH_PRESETS:
+            raise ValueError(f"arch must be one of {sorted(ARCH_PRESETS)} or an ArchConfig, got {value!r}")
+        return value
+    if isinstance(value, dict):
+        names = {f.name for f in dataclasses.fields(ArchConfig)}
+        unknown = set(value) - names
+        if unknown:
+            raise ValueError(f"Unknown ArchConfig fields {sorted(unknown)}; known: {sorted(names)}")
+        return ArchConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in value.items()})
+    raise ValueError(f"arch must be a preset name ({sorted(ARCH_PRESETS)}), an ArchConfig or a dict, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
 class MatcherConfig:
     """Inference settings of :class:`l2m_plugin.L2M` (immutable; use :meth:`replace`).
 
     Attributes:
         coarse_res: (height, width) in pixels of the coarse pass; multiples of 14
-            (ViT patch size). An int means a square.
+            (ViT patch size), or of 16 for an architecture with CNN coarse features.
+            An int means a square.
         upsample_res: (height, width) of the high-resolution refinement pass, or
             ``None`` to skip it. Multiples of 8. The dense output has this size
             (``coarse_res`` when ``None``).
@@ -73,6 +198,8 @@ class MatcherConfig:
             activations set the peak at high resolution): the refiners' conv stacks
             then run on bands of rows with a halo covering their receptive field,
             so the output is the same (float round-off); None: one band.
+        arch: the network's widths: a name of :data:`ARCH_PRESETS` (``"roma"``: the
+            released network; ``"tiny"``) or an :class:`ArchConfig` (a dict in YAML).
     """
 
     coarse_res: tuple[int, int] = (560, 560)
@@ -87,13 +214,17 @@ class MatcherConfig:
     displacement_scale: str = "l2m"
     gp_solve: str = "inverse"
     memory_budget_gb: float | None = None
+    arch: str | ArchConfig = "roma"
 
     def __post_init__(self):
         set_ = object.__setattr__
+        set_(self, "arch", _arch(self.arch))
         set_(self, "coarse_res", _pair(self.coarse_res, "coarse_res"))
         h, w = self.coarse_res
-        if h <= 0 or w <= 0 or h % 14 or w % 14:
-            raise ValueError(f"coarse_res must be positive multiples of 14 (ViT patch size), got {self.coarse_res}")
+        stride = self.arch_config.coarse_stride
+        if h <= 0 or w <= 0 or h % stride or w % stride:
+            what = "ViT patch size" if stride == 14 else "stride of the coarse CNN"
+            raise ValueError(f"coarse_res must be positive multiples of {stride} ({what}), got {self.coarse_res}")
         if self.upsample_res is not None:
             set_(self, "upsample_res", _pair(self.upsample_res, "upsample_res"))
             uh, uw = self.upsample_res
@@ -115,6 +246,11 @@ class MatcherConfig:
             raise ValueError(f"memory_budget_gb must be positive or None, got {self.memory_budget_gb}")
         if not 0.0 <= float(self.sample_thresh) <= 1.0:
             raise ValueError(f"sample_thresh must be in [0, 1], got {self.sample_thresh}")
+
+    @property
+    def arch_config(self) -> ArchConfig:
+        """The resolved :class:`ArchConfig` (a preset name looked up in :data:`ARCH_PRESETS`)."""
+        return ARCH_PRESETS[self.arch] if isinstance(self.arch, str) else self.arch
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -159,6 +295,11 @@ class MatcherConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MatcherConfig:
+        """Inverse of :meth:`to_dict` (lists become tuples; ``arch`` may be a dict).
+
+        Raises:
+            ValueError: unknown fields or invalid values.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -168,9 +309,12 @@ class MatcherConfig:
 
 #: Named presets. ``l2m`` is what the authors' ZEB harness runs; ``romatch`` is
 #: RoMa's ``roma_outdoor`` (romatch 0.1.2) and ``l2m-fork-defaults`` the
-#: ``l2mpp_model()`` constructor defaults (672 / 1344).
+#: ``l2mpp_model()`` constructor defaults (672 / 1344). ``tiny`` is the small
+#: architecture as ``configs/train/stage2_tiny.yaml`` trains it (ImageNet-normalised
+#: input, no upsampling pass); its weights come from ``l2m train stage2``.
 PRESETS: dict[str, MatcherConfig] = {
     "l2m": MatcherConfig(),
     "l2m-fork-defaults": MatcherConfig(coarse_res=672, upsample_res=1344),
     "romatch": MatcherConfig(normalize=True, displacement_scale="romatch", gp_solve="cholesky"),
+    "tiny": MatcherConfig(arch="tiny", coarse_res=320, upsample_res=None, normalize=True, gp_solve="cholesky"),
 }

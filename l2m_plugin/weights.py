@@ -416,7 +416,8 @@ def load_matcher(
         config = saved_config or PRESETS[entry.preset if entry is not None and entry.preset else "l2m"]
     if overrides:
         config = config.replace(**overrides)
-    if encoder_weights is None and not _has_encoder(sd):  # official layout: the ViT is a second file
+    uses_dinov2 = config.arch_config.coarse == "dinov2"
+    if encoder_weights is None and uses_dinov2 and not _has_encoder(sd):  # official layout: the ViT is a second file
         encoder_weights = entry.encoder if entry is not None else REGISTRY["l2mpp-v2"].encoder
     if encoder_weights is not None:
         enc_sd, enc_what = _encoder_sd(encoder_weights, progress)

@@ -356,25 +356,30 @@ class ConvRefiner(nn.Module):
         return d[:, :-1], d[:, -1:]
 
 
-def _refiner_specs(vgg: bool = True) -> dict[str, dict]:
-    # (in_dim == hidden_dim for the depth-wise stack), as in RoMa's roma_model().
-    return {
-        "16": dict(in_dim=2 * 512 + 128 + 15**2, hidden_dim=2 * 512 + 128 + 15**2, displacement_emb_dim=128, local_corr_radius=7),
-        "8": dict(in_dim=2 * 512 + 64 + 7**2, hidden_dim=2 * 512 + 64 + 7**2, displacement_emb_dim=64, local_corr_radius=3),
-        "4": dict(in_dim=2 * 256 + 32 + 5**2, hidden_dim=2 * 256 + 32 + 5**2, displacement_emb_dim=32, local_corr_radius=2),
-        "2": dict(in_dim=2 * 64 + 16, hidden_dim=128 + 16, displacement_emb_dim=16),
-        "1": dict(in_dim=2 * 9 + 6, hidden_dim=24, displacement_emb_dim=6),
-    }
+def _refiner_specs(arch) -> dict[str, dict]:
+    """ConvRefiner arguments per scale from an ArchConfig: the input is both projected
+    feature maps, the displacement embedding and the local correlation; the hidden
+    width equals the input width (depth-wise stack), as in RoMa's ``roma_model()``."""
+    specs = {}
+    for s, proj, emb, r in zip(Decoder.scales, arch.proj_dims, arch.disp_emb_dims, arch.corr_radii, strict=True):
+        in_dim = 2 * proj + emb + ((2 * r + 1) ** 2 if r else 0)
+        specs[s] = dict(
+            in_dim=in_dim, hidden_dim=in_dim, displacement_emb_dim=emb, local_corr_radius=r or None,
+            kernel_size=arch.refiner_kernel, hidden_blocks=arch.refiner_blocks,
+        )  # fmt: skip
+    return specs
 
 
 class Decoder(nn.Module):
     """Coarse-to-fine decoder over scales 16, 8, 4, 2, 1 (RoMa's ``Decoder``).
 
     Args:
-        vit_dim: channels of the stride-14 ViT features (1024 for ViT-L/14).
+        vit_dim: channels of the coarse (key 16) features (1024 for ViT-L/14).
         gp_solve: see :class:`GPMatcher`.
+        arch: :class:`~l2m_plugin.config.ArchConfig` with the widths (default: the
+            ``roma`` preset, RoMa's ``roma_model()`` numbers).
 
-    ``forward(f0, f1, scale_factor, init=None)``:
+    ``forward(f0, f1, scale_factor, init=None, tile_bytes=None, return_gm=False, detach=True)``:
         f0, f1: dicts ``{scale: (B, C_s, H_s, W_s)}`` from :class:`~l2m_plugin.models.encoder.Encoder`.
             ``f1=None``: ``f0`` is a symmetric batch (images 0, then images 1) and the
             other side is that batch with its halves swapped, taken after the
@@ -384,25 +389,40 @@ class Decoder(nn.Module):
             tuple ``(warp (B,2,h,w), certainty logits (B,1,h,w))`` from the coarse
             pass, resized to scale 8, and only scales 8..1 run.
         tile_bytes: working-memory bound of each refiner (see :class:`ConvRefiner`).
+        return_gm: also return, at scale 16, the coarse matcher's anchor logits
+            ``"gm_cls"`` (B, R*R, H16, W16) and its certainty logits before refinement
+            ``"gm_certainty"`` (B, 1, H16, W16) (RoMa's training outputs ``gm_cls`` /
+            ``gm_certainty``); the other outputs are the same with or without them.
+        detach: cut the gradient between scales (RoMa trains with ``detach=True``: each
+            refiner learns from its own loss only); no effect on the numbers.
     Returns:
         dict ``{scale: {"flow": (B,2,H_s,W_s) normalised warp, "certainty": (B,1,H_s,W_s) logits}}``.
     """
 
     scales = ("16", "8", "4", "2", "1")
 
-    def __init__(self, vit_dim: int = 1024, gp_solve: str = "cholesky"):
+    def __init__(self, vit_dim: int = 1024, gp_solve: str = "cholesky", arch=None):
         super().__init__()
-        gp_dim = feat_dim = 512
-        self.embedding_decoder = CoordinateClassifier(gp_dim + feat_dim, depth=5, num_heads=8, res=64)
-        self.gps = nn.ModuleDict({"16": GPMatcher(gp_dim, T=0.2, solve=gp_solve)})
-        proj_dims = {"16": (vit_dim, 512), "8": (512, 512), "4": (256, 256), "2": (128, 64), "1": (64, 9)}
-        self.proj = nn.ModuleDict(
-            {s: nn.Sequential(nn.Conv2d(i, o, 1, 1), nn.BatchNorm2d(o)) for s, (i, o) in proj_dims.items()}
+        from ..config import ARCH_PRESETS
+
+        arch = arch or ARCH_PRESETS["roma"]
+        gp_dim, feat_dim = arch.gp_dim, arch.proj_dims[0]
+        self.embedding_decoder = CoordinateClassifier(
+            gp_dim + feat_dim, depth=arch.cls_depth, num_heads=arch.cls_heads, res=arch.anchor_res
         )
-        self.conv_refiner = nn.ModuleDict({s: ConvRefiner(**spec) for s, spec in _refiner_specs().items()})
+        self.gps = nn.ModuleDict({"16": GPMatcher(gp_dim, T=0.2, solve=gp_solve)})
+        in_dims = (vit_dim, *reversed(arch.cnn_channels))  # scales 16, 8, 4, 2, 1
+        self.proj = nn.ModuleDict(
+            {
+                s: nn.Sequential(nn.Conv2d(i, o, 1, 1), nn.BatchNorm2d(o))
+                for s, i, o in zip(self.scales, in_dims, arch.proj_dims, strict=True)
+            }
+        )
+        self.conv_refiner = nn.ModuleDict({s: ConvRefiner(**spec) for s, spec in _refiner_specs(arch).items()})
         self.refine_init = 4
 
-    def forward(self, f0: dict, f1: dict, scale_factor: float = 1.0, init=None, tile_bytes: float | None = None) -> dict:
+    def forward(self, f0: dict, f1: dict, scale_factor: float = 1.0, init=None, tile_bytes: float | None = None,
+                return_gm: bool = False, detach: bool = True) -> dict:  # fmt: skip
         scales = self.scales if init is None else self.scales[1:]
         sizes = {s: f0[s].shape[-2:] for s in f0}
         h, w = sizes[1]
@@ -423,10 +443,13 @@ class Decoder(nn.Module):
                 c = torch.cat((a[half:], a[:half]))
             else:
                 c = self.proj[s](f1[ins].float())
+            gm = {}
             if s in self.gps:
                 posterior = self.gps[s](a, c)
                 logits, certainty = self.embedding_decoder(posterior, a)
                 flow = anchors_to_warp(logits)
+                if return_gm:
+                    gm = {"gm_cls": logits, "gm_certainty": certainty}
             delta, delta_cert = self.conv_refiner[s](a, c, flow, scale_factor=scale_factor, tile_bytes=tile_bytes)
             displacement = ins * torch.stack(
                 (delta[:, 0].float() / (self.refine_init * w), delta[:, 1].float() / (self.refine_init * h)),
@@ -434,9 +457,11 @@ class Decoder(nn.Module):
             )
             flow = flow + displacement
             certainty = certainty + delta_cert
-            out[ins] = {"flow": flow, "certainty": certainty}
+            out[ins] = {"flow": flow, "certainty": certainty, **gm}
             if s != "1":
                 nxt = sizes[ins // 2]
                 flow = F.interpolate(flow, size=nxt, mode="bilinear")
                 certainty = F.interpolate(certainty, size=nxt, mode="bilinear")
+                if detach:
+                    flow, certainty = flow.detach(), certainty.detach()
         return out

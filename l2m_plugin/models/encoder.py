@@ -1,8 +1,12 @@
-"""Encoders of the L2M matcher: a VGG19-BN pyramid and a DINOv2 ViT built with timm.
+"""Encoders of the L2M matcher: a VGG19-BN pyramid and a DINOv2 ViT built with timm,
+or the small trainable-from-scratch modules of the ``tiny`` architecture.
 
 Source: RoMa (Edstedt et al., CVPR 2024), ``romatch/models/encoders.py``
 (``VGG19`` and ``CNNandDinov2``), which L2M / L2M++ inherit unchanged except
 for the ViT weights (L2M's stage-1 "3D-aware" DINOv2, paper Sec. 3.2).
+:class:`SmallCNNPyramid`, :class:`CoarseCNN` and :class:`SmallViT` are ours: the
+same interface (a stride-1/2/4/8 pyramid plus stride-14/16 coarse features)
+with widths from :class:`~l2m_plugin.config.ArchConfig`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["VGG19Pyramid", "DinoV2Encoder", "VIT_CONFIGS", "Encoder"]
+__all__ = ["VGG19Pyramid", "DinoV2Encoder", "VIT_CONFIGS", "SmallCNNPyramid", "CoarseCNN", "SmallViT", "Encoder"]
 
 # name -> (timm architecture, embedding dim)
 VIT_CONFIGS: dict[str, tuple[str, int]] = {
@@ -121,23 +125,126 @@ class DinoV2Encoder(nn.Module):
         return tokens[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
 
 
-class Encoder(nn.Module):
-    """VGG19-BN pyramid (strides 1, 2, 4, 8) plus ViT features at stride 14 (key 16).
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
-    ``forward(x, with_vit=True)`` returns ``{1, 2, 4, 8: VGG features, 16: ViT
-    features}``; with ``with_vit=False`` (the high-resolution upsampling pass) only
-    the VGG levels. As in RoMa the ViT runs without gradients.
+
+class SmallCNNPyramid(nn.Module):
+    """A narrow VGG-style pyramid: ``convs`` conv3x3-BN-ReLU per stage, 2 x 2 max-pool between stages.
+
+    Args:
+        channels: output channels at strides (1, 2, 4, 8).
+        convs: conv layers per stage.
+    Input: (B, 3, H, W) float. Output: dict ``{1: (B, c1, H, W), 2: (B, c2, H/2, W/2),
+    4: (B, c4, H/4, W/4), 8: (B, c8, H/8, W/8)}`` (sizes floor-divided, as
+    :class:`VGG19Pyramid`; multiples of 8 keep every level aligned with the image).
     """
 
-    def __init__(self, vit_size: str = "vitl14") -> None:
+    def __init__(self, channels: tuple[int, int, int, int] = (16, 32, 64, 96), convs: int = 2) -> None:
         super().__init__()
-        self.cnn = VGG19Pyramid()
-        self.dinov2 = DinoV2Encoder(vit_size)
+        stages, cin = [], 3
+        for c in channels:
+            stages.append(nn.Sequential(*[_conv_bn_relu(cin if k == 0 else c, c) for k in range(convs)]))
+            cin = c
+        self.stages = nn.ModuleList(stages)
+        self.pool = nn.MaxPool2d(2, 2)
+
+    def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        feats: dict[int, torch.Tensor] = {}
+        for i, stage in enumerate(self.stages):
+            if i:
+                x = self.pool(x)
+            x = stage(x)
+            feats[2**i] = x
+        return feats
+
+
+class CoarseCNN(nn.Module):
+    """Stride-16 features from the stride-8 level of a pyramid: max-pool, then ``convs`` conv-BN-ReLU.
+
+    Input: (B, in_dim, H/8, W/8). Output: (B, dim, H/16, W/16).
+    """
+
+    def __init__(self, in_dim: int, dim: int, convs: int = 2) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool2d(2, 2)
+        self.convs = nn.Sequential(*[_conv_bn_relu(in_dim if k == 0 else dim, dim) for k in range(convs)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(self.pool(x))
+
+
+class SmallViT(nn.Module):
+    """A small timm ViT with 14 x 14 patches, trained from scratch (no pretrained weights).
+
+    The position embedding is resampled to the input size by timm
+    (``dynamic_img_size=True``). Input: (B, 3, H, W) with H, W multiples of 14.
+    Output: (B, dim, H/14, W/14), the normalised patch tokens.
+    """
+
+    def __init__(self, dim: int = 192, depth: int = 4, heads: int = 3, img_size: int = 224) -> None:
+        super().__init__()
+        from timm.models.vision_transformer import VisionTransformer
+
+        self.vit = VisionTransformer(
+            img_size=img_size, patch_size=14, embed_dim=dim, depth=depth, num_heads=heads,
+            num_classes=0, global_pool="", dynamic_img_size=True,
+        )  # fmt: skip
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, H, W = x.shape
+        if H % 14 or W % 14:
+            raise ValueError(f"ViT input must be a multiple of 14 pixels, got {H}x{W}.")
+        tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens :]
+        return tokens.transpose(1, 2).reshape(b, self.dim, H // 14, W // 14)
+
+
+class Encoder(nn.Module):
+    """A fine CNN pyramid (strides 1, 2, 4, 8) plus coarse features at stride 14 or 16 (key 16).
+
+    Args:
+        vit_size: DINOv2 size for ``arch.coarse == "dinov2"`` (``MatcherConfig.encoder``).
+        arch: :class:`~l2m_plugin.config.ArchConfig` (default: the ``roma`` preset:
+            VGG19-BN as ``cnn`` and DINOv2 as ``dinov2``, RoMa's module names, so
+            the official checkpoints load). Other architectures name their coarse
+            module ``coarse``.
+
+    ``forward(x, with_vit=True)`` returns ``{1, 2, 4, 8: CNN features, 16: coarse
+    features}``; with ``with_vit=False`` (the high-resolution upsampling pass) only
+    the CNN levels. As in RoMa a DINOv2 ViT runs without gradients; the small
+    coarse modules (``cnn``/``vit``) are trained with the rest.
+    """
+
+    def __init__(self, vit_size: str = "vitl14", arch=None) -> None:
+        super().__init__()
+        from ..config import ARCH_PRESETS
+
+        arch = arch or ARCH_PRESETS["roma"]
+        self.coarse_kind = arch.coarse
+        if arch.cnn == "vgg19":
+            self.cnn = VGG19Pyramid()
+        else:
+            self.cnn = SmallCNNPyramid(arch.cnn_channels, arch.cnn_convs)
+        if arch.coarse == "dinov2":
+            self.dinov2 = DinoV2Encoder(vit_size)
+            self.coarse_dim = self.dinov2.dim
+        elif arch.coarse == "cnn":
+            self.coarse = CoarseCNN(arch.cnn_channels[3], arch.coarse_dim, arch.coarse_convs)
+            self.coarse_dim = arch.coarse_dim
+        else:
+            self.coarse = SmallViT(arch.coarse_dim, arch.vit_depth, arch.vit_heads)
+            self.coarse_dim = arch.coarse_dim
 
     def forward(self, x: torch.Tensor, with_vit: bool = True) -> dict[int, torch.Tensor]:
         # channels-last: VGG runs about 1.5x faster on CPU with the same numbers
         feats = self.cnn(x.contiguous(memory_format=torch.channels_last))
         if with_vit:
-            with torch.no_grad():
-                feats[16] = self.dinov2(x)
+            if self.coarse_kind == "dinov2":
+                with torch.no_grad():
+                    feats[16] = self.dinov2(x)
+            elif self.coarse_kind == "cnn":
+                feats[16] = self.coarse(feats[8])
+            else:
+                feats[16] = self.coarse(x)
         return feats

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..config import MatcherConfig
 from ..sampling import sample_matches
 from .decoder import Decoder
-from .encoder import VIT_CONFIGS, Encoder
+from .encoder import Encoder
 
 __all__ = ["L2M"]
 
@@ -46,8 +46,9 @@ class L2M(nn.Module):
             config = config.replace(**overrides)
         self.config = config
         self.weights_name = weights_name
-        self.encoder = Encoder(config.encoder)
-        self.decoder = Decoder(vit_dim=VIT_CONFIGS[config.encoder][1], gp_solve=config.gp_solve)
+        arch = config.arch_config
+        self.encoder = Encoder(config.encoder, arch=arch)
+        self.decoder = Decoder(vit_dim=self.encoder.coarse_dim, gp_solve=config.gp_solve, arch=arch)
         self.register_buffer("_mean", torch.empty(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.empty(1, 3, 1, 1), persistent=False)
         self.reset_buffers()
@@ -172,6 +173,45 @@ class L2M(nn.Module):
         # The decoder takes the two images as one batch: hand it the encoder's batch as is
         # (no split and re-concatenation, which would hold a second copy of every feature map).
         return self._match_batched(lambda: feats.pop("coarse"), lambda: feats.pop("fine"), b, size0, size1)
+
+    def forward_train(self, data: dict, *, symmetric: bool = False, train_encoder: bool = True) -> dict:
+        """The training forward pass: one coarse-to-fine pass at the images' own size (RoMa
+        ``RegressionMatcher.forward`` with ``upsample=False``, ``scale_factor=1``).
+
+        Args:
+            data: ``image0``, ``image1``: (B, 3, H, W) float RGB in [0, 1], H and W
+                multiples of 16 for a CNN coarse encoder, of 14 and 8 for a ViT (the
+                training size: no resizing here). Colour order and ImageNet
+                normalisation follow the config, as in :meth:`forward`.
+            symmetric: also decode image 1 -> image 0 (the second half of the batch).
+            train_encoder: compute the encoder with gradients; ``False`` runs it under
+                ``torch.no_grad`` (a frozen encoder, L2M stage 2). A DINOv2 ViT never
+                gets gradients (RoMa).
+        Returns:
+            dict ``{scale: {"flow": (N, 2, H_s, W_s) normalised warp, "certainty":
+            (N, 1, H_s, W_s) logits}}`` for scales 16, 8, 4, 2, 1, with ``"gm_cls"``
+            (N, R*R, H16, W16) and ``"gm_certainty"`` (N, 1, H16, W16) logits at 16;
+            N = B, or 2B with ``symmetric`` (pairs 0->1 then 1->0). No autocast here:
+            the caller (the trainer) sets it.
+        Raises:
+            KeyError, ValueError: malformed inputs.
+        """
+        x0, x1 = self._check_images(data)
+        if x0.shape != x1.shape:
+            raise ValueError(f"training pairs need images of one size, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+        b = x0.shape[0]
+        x = torch.cat((x0, x1))
+        if self.config.color_order == "BGR":
+            x = x.flip(1)
+        if self.config.normalize:
+            x = (x - self._mean.to(x)) / self._std.to(x)
+        with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
+            feats = self.encoder(x, with_vit=True)
+        if symmetric:
+            return self.decoder(feats, None, scale_factor=1.0, return_gm=True)
+        f0 = {s: f[:b] for s, f in feats.items()}
+        f1 = {s: f[b:] for s, f in feats.items()}
+        return self.decoder(f0, f1, scale_factor=1.0, return_gm=True)
 
     def encode(self, image: torch.Tensor, image_upsample: torch.Tensor | None = None) -> dict:
         """Encoder features of a batch of images, to be matched later with :meth:`match_features`.

@@ -374,3 +374,14 @@ def test_cli_trains_then_matches_with_the_exported_model(synth_root, tmp_path, c
     assert main([*args, "train.steps=3"]) == 2
     assert "train.steps" in capsys.readouterr().err
     assert math.isfinite(float((tmp_path / "run" / "log.csv").read_text().splitlines()[-1].split(",")[1]))
+
+
+def test_synth_pairs_from_several_folders(tmp_path):
+    a = write_synth_fixture(tmp_path / "a", num_pairs=2, size=(48, 32), seed=0)
+    b = write_synth_fixture(tmp_path / "b", num_pairs=3, size=(48, 32), seed=1)
+    both = SynthPairs([a, b], (32, 48))
+    assert len(both) == 5 and both.roots == [a, b]
+    one_b = SynthPairs(b, (32, 48))
+    for i in range(3):  # items 2..4 are b's items 0..2, unchanged
+        x, y = both[2 + i], one_b[i]
+        assert torch.equal(x["image1"], y["image1"]) and torch.equal(x["warp0"], y["warp0"])

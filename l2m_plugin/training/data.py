@@ -179,7 +179,8 @@ class SynthPairs(_PairDataset):
                                               (arbitrary where invalid)
 
     Args:
-        root: the generator's output folder.
+        root: the generator's output folder, or a list of them (their pairs are
+            concatenated in the order given, e.g. one set per synthesis preset).
         size: training (height, width) (int: square); see the module docstring for
             how images, warps and intrinsics are resized.
         hflip: probability of mirroring a pair (module docstring).
@@ -194,11 +195,26 @@ class SynthPairs(_PairDataset):
 
     def __init__(self, root, size=(320, 320), *, hflip: float = 0.0, seed: int = 0, ids=None):
         super().__init__(size, hflip, seed)
-        self.root = Path(root)
-        conf_path, list_path = self.root / "synth_conf.yaml", self.root / "pairs.jsonl"
+        roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
+        if not roots:
+            raise DataError("data.root is an empty list: give one or more l2m-synth folders")
+        self.root = roots[0]
+        self.roots = roots
+        self.synth_conf = None
+        records = []
+        for r in roots:
+            conf, recs = self._read_root(r, ids)
+            self.synth_conf = self.synth_conf or conf
+            records += [(r, rec) for rec in recs]
+        self.records = records
+
+    @staticmethod
+    def _read_root(root: Path, ids) -> tuple[dict, list[dict]]:
+        """``(synth_conf, finished pair records)`` of one generator folder."""
+        conf_path, list_path = root / "synth_conf.yaml", root / "pairs.jsonl"
         if not conf_path.is_file() or not list_path.is_file():
             raise DataError(
-                f"{self.root} is not a synthetic pair set: expected {conf_path.name} and {list_path.name} "
+                f"{root} is not a synthetic pair set: expected {conf_path.name} and {list_path.name} "
                 "(the stage-2 data generator's output folder; pass data.root=THAT_FOLDER)"
             )
         from omegaconf import OmegaConf
@@ -213,7 +229,6 @@ class SynthPairs(_PairDataset):
                 f"{conf_path} says format={fmt!r}, version={version!r}; this loader reads "
                 f"format={SYNTH_FORMAT!r}, version={SYNTH_VERSION}"
             )
-        self.synth_conf = conf
         wanted = None if ids is None else set(ids)
         records, missing = [], 0
         for n, line in enumerate(list_path.read_text().splitlines(), 1):
@@ -226,7 +241,7 @@ class SynthPairs(_PairDataset):
                 raise DataError(f"{list_path}:{n}: not a pair record with an 'id' ({exc})") from exc
             if wanted is not None and pid not in wanted:
                 continue
-            d = self.root / "pairs" / pid
+            d = root / "pairs" / pid
             if not all((d / f).is_file() for f in ("image0.png", "image1.png", "geometry.npz")):
                 missing += 1
                 continue
@@ -234,15 +249,15 @@ class SynthPairs(_PairDataset):
         if missing:
             logger.warning("%s: %d listed pairs have no complete folder under pairs/ and are skipped", list_path, missing)
         if not records:
-            raise DataError(f"{list_path} lists no complete pair under {self.root / 'pairs'}")
-        self.records = records
+            raise DataError(f"{list_path} lists no complete pair under {root / 'pairs'}")
+        return conf, records
 
     def __len__(self) -> int:
         return len(self.records)
 
     def _load(self, index: int) -> dict:
-        rec = self.records[index]
-        d = self.root / "pairs" / str(rec["id"])
+        root, rec = self.records[index]
+        d = root / "pairs" / str(rec["id"])
         try:
             with np.load(d / "geometry.npz") as g:
                 geo = {k: g[k] for k in ("K0", "K1", "T_0to1", "warp0", "warp1", "valid0", "valid1")}

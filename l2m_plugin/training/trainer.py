@@ -230,7 +230,10 @@ def build_dataset(conf, seed: int):
     d = conf.data
     size = tuple(d.size) if not isinstance(d.size, int) else (d.size, d.size)
     if d.kind == "synth":
-        return SynthPairs(d.root, size, hflip=d.hflip, seed=seed)
+        from omegaconf import OmegaConf
+
+        root = [str(r) for r in d.root] if OmegaConf.is_list(d.root) else d.root
+        return SynthPairs(root, size, hflip=d.hflip, seed=seed)
     scene_info = d.scene_info if d.scene_info is not None else Path(d.root) / "prep_scene_info"
     if not isinstance(scene_info, (str, Path)):
         scene_info = list(scene_info)

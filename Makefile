@@ -8,7 +8,7 @@ L2M := $(VENV)/bin/l2m
 PAIRS ?= ../shared/data/pairs
 CKPT := outputs/random_checkpoint
 
-.PHONY: install demo test test-slow lint speed clean
+.PHONY: install demo demo-official-layout test test-slow lint speed clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,17 +18,21 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The official weights cannot be downloaded here: the demo makes random weights in the
-# official file layout (Lightning v2 .ckpt + DINOv2 file) and loads them through the same
-# code path as the real files. With the real weights: l2m match A B --weights l2mpp-v2 --out DIR
+# The demo runs l2m-tiny, the small model shipped with the package (no download). With the
+# authors' weights: l2m match A B --weights l2mpp-v2 --out DIR.
+demo: install
+	$(L2M) match $(PAIRS)/sacre_coeur_A.jpg $(PAIRS)/sacre_coeur_B.jpg --out outputs/demo
+	@echo "Demo outputs: outputs/demo/matches.h5 (keypoints0, keypoints1, certainty, config) and outputs/demo/matches.png"
+
+# The official file layout, offline: random weights written as the authors release them
+# (Lightning v2 .ckpt + DINOv2 file), loaded through the same code path as the real files.
 $(CKPT)/l2m++_560x560v2.pth.ckpt: | $(VENV)/.installed
 	$(L2M) make-checkpoint --out $(CKPT) --layout lightning --calibrate-on $(PAIRS)/sacre_coeur_A.jpg $(PAIRS)/sacre_coeur_B.jpg
 
-demo: install $(CKPT)/l2m++_560x560v2.pth.ckpt
+demo-official-layout: install $(CKPT)/l2m++_560x560v2.pth.ckpt
 	$(L2M) match $(PAIRS)/sacre_coeur_A.jpg $(PAIRS)/sacre_coeur_B.jpg \
 		--weights $(CKPT)/l2m++_560x560v2.pth.ckpt --encoder-weights $(CKPT)/dinov2l_distilled.pth \
-		--out outputs/demo
-	@echo "Demo outputs: outputs/demo/matches.h5 (keypoints0, keypoints1, certainty, config) and outputs/demo/matches.png"
+		--out outputs/demo-official-layout
 	@echo "(random weights in the official layout: the matches are meaningless; see README, Weights)"
 
 test: install

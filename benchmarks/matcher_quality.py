@@ -183,7 +183,7 @@ def _coverage(kp: np.ndarray, size: tuple[int, int], cells: int = 10) -> float:
     w, h = size
     c = np.clip((kp[:, 0] / w * cells).astype(int), 0, cells - 1)
     r = np.clip((kp[:, 1] / h * cells).astype(int), 0, cells - 1)
-    return len(set(zip(r.tolist(), c.tolist()))) / cells**2
+    return len(set(zip(r.tolist(), c.tolist(), strict=True))) / cells**2
 
 
 def real_pairs(model, sift_cls, pairs_dir: Path, num: int, px: float, seed: int, sift_kw: dict) -> dict:

@@ -52,7 +52,7 @@ def _load_model(args: argparse.Namespace, progress: _Progress, prog: str):
     import torch
 
     from .config import PRESETS, MatcherConfig
-    from .weights import WeightsError, load_matcher
+    from .weights import DEFAULT_WEIGHTS, WeightsError, load_matcher
 
     overrides = {}
     if args.coarse_res is not None:
@@ -70,6 +70,11 @@ def _load_model(args: argparse.Namespace, progress: _Progress, prog: str):
             return None
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.weights is None:
+        args.weights = DEFAULT_WEIGHTS
+        progress(f"no --weights given: using {DEFAULT_WEIGHTS!r}, the small model shipped with l2m_plugin "
+                 "(trained offline on synthetic pairs, less accurate than SIFT: see the README; "
+                 "`--weights l2mpp-v2` for the authors' L2M++)")  # fmt: skip
     progress(f"loading weights {args.weights!r}" + (f" + encoder {args.encoder_weights!r}" if args.encoder_weights else ""))
     try:
         model = load_matcher(args.weights, config=config, encoder_weights=args.encoder_weights, device=args.device, **overrides)
@@ -169,10 +174,15 @@ def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
-    from .weights import REGISTRY, cache_path
+    from .weights import DEFAULT_WEIGHTS, REGISTRY, cache_path
 
     for e in REGISTRY.values():
         p = cache_path(e)
+        if e.packaged is not None:
+            state = "packaged" if p.is_file() else "missing"
+            default = " (default)" if e.name == DEFAULT_WEIGHTS else ""
+            print(f"{e.name:18s} {e.kind:8s} {state:8s} shipped with the package{default}\n{'':36s}file: {p}")
+            continue
         print(f"{e.name:18s} {e.kind:8s} {'cached' if p.is_file() else 'missing':8s} {e.url}\n{'':36s}cache: {p}")
     return 0
 
@@ -352,7 +362,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if not args.eval_only:
         model = None
         if args.matcher == "l2m":
-            args.weights = args.weights or "l2mpp-v2"
             model = _load_model(args, progress, prog)
             if model is None:
                 return 2
@@ -440,7 +449,9 @@ def _add_matcher_flags(p: argparse.ArgumentParser, sfm: bool = False) -> None:
         p.add_argument("--sift-features", type=int, default=8000)
         p.add_argument("--sift-ratio", type=float, default=0.8)
         p.add_argument("--memory-budget-gb", type=float, default=4.0, help="encoder features kept in memory (the rest spill to disk)")
-    p.add_argument("--weights", default="l2mpp-v2", help="registry name (see `l2m weights`) or checkpoint path")
+    p.add_argument("--weights", default=None,
+                   help="registry name (see `l2m weights`) or checkpoint path; default: l2m-tiny, shipped with "
+                        "the package (works offline; l2mpp-v2 is the authors' L2M++, downloaded once)")  # fmt: skip
     p.add_argument("--encoder-weights", default=None, help="ViT weights for official-layout matchers (name or path)")
     p.add_argument("--preset", default=None, choices=["l2m", "l2m-fork-defaults", "romatch"], help="config preset")
     p.add_argument("--config", default=None, help="matcher config YAML (e.g. configs/matcher/l2m.yaml); flags below override it")

@@ -24,6 +24,11 @@ checkpoints hold) is it read again with ``weights_only=False`` and a warning.
 
 Nothing here touches the network except :func:`download`, which
 :func:`load_matcher` calls only for registry names whose file is not cached.
+
+One entry ships inside the package and needs no download: ``l2m-tiny``
+(:data:`DEFAULT_WEIGHTS`), a small matcher this project trained offline from single
+photos (``configs/train/stage2_tiny.yaml``; README, "l2m-tiny"). It is what every entry
+point loads when no weights are named, so matching works without a network.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ __all__ = [
     "save_checkpoint",
     "save_official_layout",
     "OFFLINE_ENV",
+    "DEFAULT_WEIGHTS",
+    "packaged_path",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,6 +97,8 @@ class WeightsEntry:
         sha256, size: checksum and byte size when published (None when unknown:
             the L2M release publishes neither).
         source: where the URL comes from.
+        packaged: path of the file inside the ``l2m_plugin`` package for weights that
+            ship with it (then ``url`` is empty and nothing is downloaded).
     """
 
     name: str
@@ -101,11 +110,18 @@ class WeightsEntry:
     sha256: str | None = None
     size: int | None = None
     source: str = ""
+    packaged: str | None = None
 
 
 REGISTRY: dict[str, WeightsEntry] = {
     e.name: e
     for e in (
+        WeightsEntry(
+            "l2m-tiny", "matcher", "", "l2m_tiny.pth", packaged="assets/l2m_tiny.pth",
+            sha256="f8d2fed86d2cd3a4e2e251d638fe4fd8b362dd34c95e29bb0245b2cb4423b00e", size=15588225,
+            source="trained by l2m-plugin: configs/train/stage2_tiny.yaml on l2m synth pairs from "
+            "../shared/data/single_view (README, l2m-tiny)",
+        ),
         WeightsEntry(
             "l2mpp-v1", "matcher", _HF + "l2m%2B%2B_560x560.pth", "l2m++_560x560.pth",
             encoder="dinov2l-distilled", preset="l2m",
@@ -136,6 +152,18 @@ REGISTRY: dict[str, WeightsEntry] = {
 }
 
 
+#: the weights loaded when none are named: shipped with the package, no download
+DEFAULT_WEIGHTS = "l2m-tiny"
+
+
+def packaged_path(entry: WeightsEntry | str) -> Path:
+    """The file of a packaged entry inside the installed ``l2m_plugin`` package."""
+    entry = _entry(entry) if isinstance(entry, str) else entry
+    if entry.packaged is None:
+        raise WeightsError(f"{entry.name!r} is not shipped with the package; it downloads from {entry.url}")
+    return Path(__file__).resolve().parent / entry.packaged
+
+
 def _entry(name: str) -> WeightsEntry:
     if name not in REGISTRY:
         raise WeightsError(
@@ -152,6 +180,8 @@ def cache_path(entry: WeightsEntry | str) -> Path:
     by the upstream code are reused.
     """
     entry = _entry(entry) if isinstance(entry, str) else entry
+    if entry.packaged is not None:  # shipped inside the package: nothing is cached
+        return packaged_path(entry)
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(entry.url).path)
 
 
@@ -196,6 +226,15 @@ def download(name: str | WeightsEntry, progress: bool = True) -> Path:
     """
     entry = _entry(name) if isinstance(name, str) else name
     dst = cache_path(entry)
+    if entry.packaged is not None:
+        if not dst.is_file():
+            raise WeightsError(
+                f"{entry.name!r} ships with l2m_plugin at {dst}, but the file is missing: the package "
+                "was installed without its data files. Reinstall it from a complete clone (pip install -e .), "
+                "or name other weights (--weights / weights=)."
+            )
+        _verify(entry, dst)
+        return dst
     if dst.is_file():
         _verify(entry, dst)
         return dst
@@ -370,7 +409,7 @@ def _encoder_sd(encoder_weights: Any, progress: bool) -> tuple[dict, str]:
 
 
 def load_matcher(
-    weights: Any = "l2mpp-v2",
+    weights: Any = DEFAULT_WEIGHTS,
     config: MatcherConfig | None = None,
     encoder_weights: Any = None,
     device: str | torch.device | None = None,
@@ -381,7 +420,8 @@ def load_matcher(
 
     Args:
         weights: registry name (``REGISTRY``), path to a checkpoint file (any
-            layout in the module docstring), or a state dict.
+            layout in the module docstring), or a state dict. Default:
+            :data:`DEFAULT_WEIGHTS` (``l2m-tiny``, shipped with the package).
         config: matcher config; default: the one saved in an ``l2m_plugin``
             checkpoint, else the registry entry's preset, else ``PRESETS["l2m"]``.
         encoder_weights: ViT weights for official-layout matchers (which do not

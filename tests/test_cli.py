@@ -46,9 +46,15 @@ def test_match_writes_h5_and_png(tmp_path, official_checkpoint):
         assert np.array_equal(f["keypoints0"][()], k0)
 
 
-def test_offline_default_weights_give_a_clear_error(tmp_path):
+def test_offline_l2mpp_gives_a_clear_error_and_the_default_runs(tmp_path):
     a, b = shared_pair()
-    r = run_l2m("match", a, b, "--out", tmp_path, env={"L2M_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "hub")})
+    env = {"L2M_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "hub")}
+    # no --weights: l2m-tiny from the package, nothing downloaded, and stderr says so
+    r = run_l2m("match", a, b, "--out", tmp_path / "tiny", "--num-matches", "200", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "using 'l2m-tiny'" in r.stderr and (tmp_path / "tiny" / "matches.h5").is_file()
+    assert not (tmp_path / "hub").exists()
+    r = run_l2m("match", a, b, "--weights", "l2mpp-v2", "--out", tmp_path, env=env)
     assert r.returncode == 2
     assert "huggingface.co" in r.stderr and "l2m%2B%2B_560x560v2.pth.ckpt" in r.stderr and "--weights PATH" in r.stderr
     assert "Traceback" not in r.stderr

@@ -107,7 +107,7 @@ def oracle_sfm(scene, tmp_path_factory):
 # --------------------------------------------------------------------------- register
 def test_register_is_idempotent_and_adds_confs():
     names = l2m_hloc.register()
-    assert names == ["l2m", "l2m-fast"]
+    assert names == ["l2m", "l2m-tiny", "l2m-fast"]
     confs_before = copy.deepcopy(match_dense.confs)
     path_before = list(hloc.matchers.__path__)
     assert l2m_hloc.register() == names

@@ -40,19 +40,40 @@ def hub_dir(tmp_path, monkeypatch):
 
 
 def test_every_name_has_its_own_url_file_and_cache_path():
-    urls = [e.url for e in W.REGISTRY.values()]
+    downloaded = [e for e in W.REGISTRY.values() if e.packaged is None]
+    urls = [e.url for e in downloaded]
     files = [e.filename for e in W.REGISTRY.values()]
     caches = [W.cache_path(e) for e in W.REGISTRY.values()]
-    assert len(set(urls)) == len(urls) == len(set(files)) == len(set(caches))
+    assert len(set(urls)) == len(urls) == len(downloaded) and len(set(files)) == len(set(caches)) == len(W.REGISTRY)
     v1, v2 = W.REGISTRY["l2mpp-v1"], W.REGISTRY["l2mpp-v2"]
     assert v1.url.endswith("l2m%2B%2B_560x560.pth") and v1.filename == "l2m++_560x560.pth"
     assert v2.url.endswith("l2m%2B%2B_560x560v2.pth.ckpt") and v2.filename == "l2m++_560x560v2.pth.ckpt"
     assert W.REGISTRY["dinov2l-distilled"].url.endswith("/dinov2l_distilled.pth")
     assert "dinov2_vitl14_pretrain.pth" in W.REGISTRY["dinov2-vitl14"].url
-    for e in W.REGISTRY.values():
+    for e in downloaded:
         assert W.cache_path(e).name == os.path.basename(e.url)  # torch.hub's own cache name
         if e.kind == "matcher":
             assert e.encoder in W.REGISTRY and W.REGISTRY[e.encoder].kind == "encoder"
+
+
+def test_default_weights_ship_with_the_package_and_load_offline(monkeypatch):
+    """l2m-tiny: inside the package, checksummed, <= 20 MB, the default of every entry point."""
+    monkeypatch.setenv(W.OFFLINE_ENV, "1")
+    entry = W.REGISTRY[W.DEFAULT_WEIGHTS]
+    assert W.DEFAULT_WEIGHTS == "l2m-tiny" and entry.packaged and not entry.url
+    path = W.resolve(W.DEFAULT_WEIGHTS)  # verifies size and SHA-256
+    assert path == W.packaged_path(entry) and path.is_relative_to(Path(W.__file__).parent)
+    assert entry.sha256 is not None and path.stat().st_size == entry.size <= 20 * 2**20
+    model = W.load_matcher()
+    assert model.weights_name == "l2m-tiny" and model.config.arch == "tiny"
+    assert sum(p.numel() for p in model.parameters()) <= 5_000_000
+    assert L2M.from_pretrained().weights_name == "l2m-tiny"
+
+
+def test_missing_packaged_file_names_the_fix(monkeypatch, tmp_path):
+    entry = W.WeightsEntry("t", "matcher", "", "t.pth", packaged="assets/does_not_exist.pth")
+    with pytest.raises(W.WeightsError, match="installed without its data files"):
+        W.download(entry)
 
 
 def test_v2_name_loads_the_v2_file_never_v1(hub_dir, official_checkpoint):

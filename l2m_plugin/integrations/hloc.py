@@ -88,6 +88,14 @@ CONFS: dict[str, dict[str, Any]] = {
         "max_error": 1,
         "cell_size": 1,
     },
+    # l2m-tiny, shipped with the package (offline); its own 256 px config.
+    "l2m-tiny": {
+        "output": "matches-l2m-tiny",
+        "model": {"name": "l2m", "weights": "l2m-tiny", "max_num_matches": 5000},
+        "preprocessing": {"grayscale": False, "resize_max": 1024, "dfactor": 1},
+        "max_error": 2,
+        "cell_size": 2,
+    },
     # Lighter: 448 / 640 passes (about half the compute), 2000 matches per pair,
     # coarser cells (more keypoints shared between pairs, fewer per image).
     "l2m-fast": {

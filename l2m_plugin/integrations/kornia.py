@@ -76,7 +76,8 @@ class L2M(nn.Module):
 
     Args:
         weights: what :func:`l2m_plugin.weights.load_matcher` loads: a registry name
-            (default ``"l2mpp-v2"``), a checkpoint path or a state dict. Ignored when
+            (default ``"l2m-tiny"``, shipped with the package; ``"l2mpp-v2"`` for the
+            authors' L2M++), a checkpoint path or a state dict. Ignored when
             ``matcher`` is given. Nothing is downloaded unless the weights are not cached.
         matcher: an already-built dense matcher to wrap instead of loading weights: any object
             with L2M's ``forward(dict) -> dense dict``, ``sample(dense, num, generator=,
@@ -84,9 +85,9 @@ class L2M(nn.Module):
             :class:`l2m_plugin.models.matcher.L2M` or :class:`l2m_plugin.oracle.OracleMatcher`.
             An ``nn.Module`` matcher becomes a submodule (put in eval mode, moved by ``.to``).
         encoder_weights: ViT weights for official-layout checkpoints (see ``load_matcher``).
-        preset: name in :data:`l2m_plugin.config.PRESETS` giving the inference config
-            (default ``"l2m"``, the authors' ZEB harness); ``None``: the config stored with the
-            weights, else the registry entry's preset.
+        preset: name in :data:`l2m_plugin.config.PRESETS` giving the inference config;
+            ``None`` (default): the config stored with the weights, else the registry
+            entry's preset (``"l2m"``, the authors' ZEB harness, for L2M++).
         num_matches: matches drawn per image pair (default 5000, RoMa's / L2M's evaluation
             setting).
         seed: seed of the per-pair sampling generator; ``None`` draws from torch's global RNG
@@ -104,11 +105,11 @@ class L2M(nn.Module):
 
     def __init__(
         self,
-        weights: Any = "l2mpp-v2",
+        weights: Any = "l2m-tiny",
         *,
         matcher: Any = None,
         encoder_weights: Any = None,
-        preset: str | None = "l2m",
+        preset: str | None = None,
         num_matches: int = 5000,
         seed: int | None = 0,
         device: str | torch.device | None = None,

@@ -61,7 +61,7 @@ class L2M(nn.Module):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, weights: Any = "l2mpp-v2", config: MatcherConfig | None = None, **kwargs) -> L2M:
+    def from_pretrained(cls, weights: Any = "l2m-tiny", config: MatcherConfig | None = None, **kwargs) -> L2M:
         """Build a matcher and load weights (see :func:`l2m_plugin.weights.load_matcher`).
 
         Args:

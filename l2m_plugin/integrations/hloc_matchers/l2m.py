@@ -32,11 +32,13 @@ class L2MDense(BaseModel):
     """hloc dense matcher wrapping :class:`l2m_plugin.L2M` (or any object with its interface).
 
     Conf keys (``default_conf``):
-        weights: registry name (``l2m_plugin.weights.REGISTRY``) or checkpoint path.
+        weights: registry name (``l2m_plugin.weights.REGISTRY``) or checkpoint path
+            (default ``l2m-tiny``, shipped with the package; ``l2mpp-v2``: the authors' L2M++).
         encoder_weights: ViT weights for official-layout checkpoints (None: the
             registry default, ``dinov2l-distilled`` for L2M++).
         preset: name in :data:`l2m_plugin.config.PRESETS` used as the base config
-            (None: the config stored with / implied by the weights).
+            (None, the default: the config stored with the weights, else the registry
+            entry's preset, ``l2m`` for L2M++).
         coarse_res, upsample_res, dtype, sample_thresh: :class:`MatcherConfig`
             overrides (None: keep the preset's value). Only valid when loading weights.
         max_num_matches: matches drawn per pair by ``matcher.sample`` (balanced
@@ -53,9 +55,9 @@ class L2MDense(BaseModel):
     """
 
     default_conf = {
-        "weights": "l2mpp-v2",
+        "weights": "l2m-tiny",
         "encoder_weights": None,
-        "preset": "l2m",
+        "preset": None,
         "coarse_res": None,
         "upsample_res": None,
         "dtype": None,

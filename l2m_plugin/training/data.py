@@ -44,6 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..config import _pair
+from ..synthesis.dataset import FORMAT as _GENERATOR_FORMAT
+from ..synthesis.dataset import VERSION as _GENERATOR_VERSION
+
 __all__ = [
     "DataError",
     "SynthPairs",
@@ -57,9 +61,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: ``synth_conf.yaml`` must say ``format: l2m-synth`` and ``version: 1``.
-SYNTH_FORMAT = "l2m-synth"
-SYNTH_VERSION = 1
+#: ``synth_conf.yaml`` must say ``format: l2m-synth`` and ``version: 1``: the generator's own
+#: constants (:mod:`l2m_plugin.synthesis.dataset`), so reader and writer cannot drift apart.
+SYNTH_FORMAT, SYNTH_VERSION = _GENERATOR_FORMAT, _GENERATOR_VERSION
 
 
 class DataError(ValueError):
@@ -67,11 +71,9 @@ class DataError(ValueError):
 
 
 def _size(size) -> tuple[int, int]:
-    if isinstance(size, int):
-        size = (size, size)
     try:
-        h, w = (int(v) for v in size)
-    except (TypeError, ValueError):
+        h, w = _pair(size, "size")
+    except ValueError:
         raise DataError(f"size must be an int or (height, width), got {size!r}") from None
     if h <= 0 or w <= 0:
         raise DataError(f"size must be positive, got {size!r}")

@@ -385,3 +385,5 @@ def test_synth_pairs_from_several_folders(tmp_path):
     for i in range(3):  # items 2..4 are b's items 0..2, unchanged
         x, y = both[2 + i], one_b[i]
         assert torch.equal(x["image1"], y["image1"]) and torch.equal(x["warp0"], y["warp0"])
+    with pytest.raises(DataError, match="empty list"):
+        SynthPairs([], (32, 48))

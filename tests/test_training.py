@@ -8,6 +8,7 @@ use the real ``tiny`` architecture at 64 x 96 on exact synthetic pairs
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import socket
@@ -387,3 +388,21 @@ def test_synth_pairs_from_several_folders(tmp_path):
         assert torch.equal(x["image1"], y["image1"]) and torch.equal(x["warp0"], y["warp0"])
     with pytest.raises(DataError, match="empty list"):
         SynthPairs([], (32, 48))
+
+
+def test_synth_pairs_skip_a_crash_cut_last_line_and_refuse_a_corrupt_one(tmp_path):
+    """SynthPairs reads pairs.jsonl like the generator (synthesis.list_pairs): a last line cut
+    by a crash is an unfinished pair and is skipped; a corrupt line before it is an error."""
+    import shutil
+
+    root = write_synth_fixture(tmp_path / "s", num_pairs=3, size=(SIZE[1], SIZE[0]), seed=0)
+    listing = root / "pairs.jsonl"
+    lines = listing.read_text().splitlines()
+    assert len(SynthPairs(root, SIZE)) == 3
+    listing.write_text("\n".join(lines) + '\n{"id": "0000')  # a crash while appending
+    assert [r["id"] for _, r in SynthPairs(root, SIZE).records] == [json.loads(x)["id"] for x in lines]
+    bad = tmp_path / "bad"
+    shutil.copytree(root, bad)
+    (bad / "pairs.jsonl").write_text(lines[0] + "\n{not json\n" + "\n".join(lines[1:]) + "\n")
+    with pytest.raises(DataError, match="line 2"):
+        SynthPairs(bad, SIZE)

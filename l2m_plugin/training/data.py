@@ -35,7 +35,6 @@ of every step depends only on the seed and the step.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -233,14 +232,19 @@ class SynthPairs(_PairDataset):
             )
         wanted = None if ids is None else set(ids)
         records, missing = [], 0
-        for n, line in enumerate(list_path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
+        from ..synthesis import list_pairs
+
+        # the generator's own reader: a last line cut by a crash is an unfinished pair (skipped),
+        # so a folder that is still being written (or was interrupted) can be trained on
+        try:
+            listed = list_pairs(root)
+        except ValueError as exc:
+            raise DataError(str(exc)) from exc
+        for n, rec in enumerate(listed, 1):
             try:
-                rec = json.loads(line)
                 pid = str(rec["id"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataError(f"{list_path}:{n}: not a pair record with an 'id' ({exc})") from exc
+            except (KeyError, TypeError) as exc:
+                raise DataError(f"{list_path}: record {n} is not a pair record with an 'id' ({exc!r})") from exc
             if wanted is not None and pid not in wanted:
                 continue
             d = root / "pairs" / pid

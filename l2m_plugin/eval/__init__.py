@@ -9,6 +9,9 @@ Usage::
     bench.predict(matcher, "outputs/bench/megadepth1500/sift")       # cached, resumable
     summary = bench.evaluate("outputs/bench/megadepth1500/sift")     # reads only the cache
 
+:func:`feature_nn_pck` (:mod:`.features`) scores an encoder's features alone: nearest-neighbour
+PCK under ground-truth warps (``benchmarks/feature_pck.py``).
+
 The command line is ``l2m bench NAME --data-root DIR --matcher ...``. Each benchmark's
 README in ``benchmarks/<name>/`` gives the data layout, the protocol table and the
 published numbers (``published.json``).
@@ -17,6 +20,7 @@ published numbers (``published.json``).
 from __future__ import annotations
 
 from .base import Benchmark, BenchmarkDataError, BenchmarkPair
+from .features import feature_nn_pck
 from .hpatches import HPatches
 from .megadepth import MegaDepth1500
 from .scannet import ScanNet1500
@@ -33,6 +37,7 @@ __all__ = [
     "ScanNet1500",
     "ZEB",
     "HPatches",
+    "feature_nn_pck",
 ]
 
 BENCHMARKS: dict[str, type[Benchmark]] = {

@@ -22,10 +22,25 @@ from ..sampling import sample_matches
 from .decoder import Decoder
 from .encoder import Encoder
 
-__all__ = ["L2M"]
+__all__ = ["L2M", "resize_input"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resize_input(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a batch of images as the matcher does before its encoder.
+
+    Args:
+        x: (B, C, H, W) float images in [0, 1].
+        size: (height, width) in pixels.
+    Returns:
+        ``x`` itself when it already has that size, else torch bicubic interpolation
+        (``align_corners=False``, antialiased when shrinking) clamped to [0, 1].
+    """
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    return x
 
 
 class L2M(nn.Module):
@@ -83,14 +98,26 @@ class L2M(nn.Module):
         return self.decoder.embedding_decoder.to_out.weight.device
 
     # ------------------------------------------------------------------ forward
-    def _prepare(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if tuple(x.shape[-2:]) != tuple(size):
-            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    def preprocess(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The encoder's input as :meth:`forward` makes it: resize, colour order, normalisation.
+
+        Args:
+            x: (B, 3, H, W) float RGB in [0, 1].
+            size: (height, width) the encoder gets (:func:`resize_input`: torch bicubic,
+                antialiased, clamped to [0, 1]; no resize when ``x`` has that size).
+        Returns:
+            (B, 3, height, width) in ``x``'s dtype: channels flipped for
+            ``config.color_order == "BGR"``, ImageNet mean/std normalised when
+            ``config.normalize``.
+        """
+        x = resize_input(x, size)
         if self.config.color_order == "BGR":
             x = x.flip(1)
         if self.config.normalize:
             x = (x - self._mean) / self._std
         return x
+
+    _prepare = preprocess
 
     def _autocast(self, device: torch.device):
         """Autocast to ``config.dtype``; float32 (a warning, once) for bfloat16 on a CPU

@@ -9,6 +9,7 @@ Subcommands:
     ``l2m merge SHARD.h5... --out DIR``     combine shards for ``reconstruct`` and hloc
     ``l2m bench NAME --data-root DIR``      MegaDepth-1500 / ScanNet-1500 / ZEB / HPatches (cached, resumable)
     ``l2m synth --images DIR --depth D --out DIR``  synthetic training pairs from single photos (resumable)
+    ``l2m train stage1 --conf YAML [k=v]``  L2M stage 1: the 3D-aware encoder from lifted photos (resumable)
     ``l2m train stage2 --conf YAML [k=v]``  L2M stage-2 training (resumable; torchrun for several processes)
 
 Progress and the model that ran go to stderr; the paths written go to stdout.
@@ -421,10 +422,13 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if summary["samples"]:
         print(summary["samples"])
     return 0 if summary["total"] or not summary["failed"] else 1
-def _cmd_train_stage2(args: argparse.Namespace) -> int:
+def _cmd_train(args: argparse.Namespace) -> int:
+    """``l2m train stage1`` / ``stage2``: load the YAML and overrides, run, print model.pth."""
     import logging
 
+    from .synthesis import SynthesisError
     from .training import DataError, TrainConfigError, load_conf
+    from .training.stage1 import Stage1Trainer, load_stage1_conf
     from .training.trainer import Trainer
     from .weights import WeightsError
 
@@ -433,10 +437,14 @@ def _cmd_train_stage2(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.stop_at is not None:
         overrides.append(f"train.stop_at={args.stop_at}")
+    stage = args.train_command
     try:
-        path = Trainer(load_conf(args.conf, overrides), overwrite=args.overwrite).run()
-    except (TrainConfigError, DataError, WeightsError, OSError) as exc:
-        print(f"l2m train stage2: error: {exc}", file=sys.stderr)
+        if stage == "stage1":
+            path = Stage1Trainer(load_stage1_conf(args.conf, overrides), overwrite=args.overwrite).run()
+        else:
+            path = Trainer(load_conf(args.conf, overrides), overwrite=args.overwrite).run()
+    except (TrainConfigError, DataError, WeightsError, SynthesisError, OSError) as exc:
+        print(f"l2m train {stage}: error: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(path)
@@ -561,8 +569,18 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     sy.add_argument("--quiet", action="store_true")
     sy.set_defaults(func=_cmd_synth)
-    tr = sub.add_parser("train", help="train a matcher (stage2: L2M's second stage, on dense pairs)")
+    tr = sub.add_parser("train", help="train a matcher (stage1: the 3D-aware encoder; stage2: the decoder on dense pairs)")
     trs = tr.add_subparsers(dest="train_command", required=True)
+    t1 = trs.add_parser("stage1", help="make the encoder 3D-aware: lift single photos to feature-Gaussian fields, "
+                        "fine-tune the encoder on their rendered features; resumes a run of the same config",
+                        description="Writes train.out/{config.yaml,fields/,log.csv,checkpoints/,model.pth}; "
+                        "prints model.pth's path (the matcher with the fine-tuned encoder).")
+    t1.add_argument("--conf", default=None, help="training YAML (e.g. configs/train/stage1_tiny.yaml)")
+    t1.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="config overrides, e.g. data.images=DIR train.out=DIR train.steps=100")
+    t1.add_argument("--overwrite", action="store_true", help="delete the run in train.out (fields too) and start again")
+    t1.add_argument("--stop-at", type=int, default=None, help="stop with a checkpoint after this step (resume later)")
+    t1.set_defaults(func=_cmd_train)
     t2 = trs.add_parser("stage2", help="train the matcher on dense pairs (synthetic or MegaDepth); resumes a run of the same config",
                         description="Writes train.out/{config.yaml,log.csv,checkpoints/,model.pth}; prints model.pth's path.")
     t2.add_argument("--conf", default=None, help="training YAML (e.g. configs/train/stage2_tiny.yaml)")
@@ -570,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="config overrides, e.g. data.root=DIR train.out=DIR train.steps=100")
     t2.add_argument("--overwrite", action="store_true", help="delete the run in train.out (of any configuration) and start again")
     t2.add_argument("--stop-at", type=int, default=None, help="stop with a checkpoint after this step (resume later)")
-    t2.set_defaults(func=_cmd_train_stage2)
+    t2.set_defaults(func=_cmd_train)
 
     w = sub.add_parser("weights", help="list the weights registry and the cache")
     w.set_defaults(func=_cmd_weights)

@@ -421,6 +421,21 @@ def test_random_scene_matches_naive_per_pixel_loop():
     assert (ra - na).abs().max() < 1e-10
 
 
+def test_blend_weights_reproduce_the_rendering_for_fixed_geometry():
+    """blend_weights: the sparse (C*H*W, N) compositing matrix: W @ colors is the rendering
+    (with early termination and the 1/255 cut) and its row sums are the alphas."""
+    from l2m_plugin.lifting import blend_weights
+
+    means, quats, scales, opacities, colors, viewmats, Ks = _random_scene(
+        N=120, C=2, W=22, H=17, D=4, seed=3, opacity=(0.5, 1.0), scale=2.0)  # fmt: skip
+    rc, ra, meta = rasterize_gaussians(means, quats, scales, opacities, colors, viewmats, Ks, 22, 17)
+    Wt = blend_weights(means, quats, scales, opacities, viewmats, Ks, 22, 17)
+    assert Wt.layout == torch.sparse_csr and Wt.shape == (2 * 17 * 22, 120)
+    assert Wt.values().numel() == meta["n_pairs"]
+    assert ((Wt @ colors).reshape(2, 17, 22, 4) - rc).abs().max() < 1e-12
+    assert ((Wt @ torch.ones(120, 1, dtype=F64)).reshape(2, 17, 22, 1) - ra).abs().max() < 1e-12
+
+
 def test_multiple_cameras_and_per_camera_colors():
     means, quats, scales, opac, colors, V, K = _random_scene(N=40, C=2, W=20, H=16, D=4, seed=2)
     rc, ra, meta = rasterize_gaussians(means, quats, scales, opac, colors, V, K, 20, 16)

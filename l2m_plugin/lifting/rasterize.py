@@ -84,6 +84,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "blend_weights",
     "ALPHA_MAX",
     "ALPHA_THRESHOLD",
     "BACKENDS",
@@ -345,7 +346,7 @@ def _crow(rows_sorted: Tensor, n_rows: int) -> Tensor:
 
 
 def _rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-                     near_plane, far_plane, eps2d, radius_clip):  # fmt: skip
+                     near_plane, far_plane, eps2d, radius_clip, weights_only=False):  # fmt: skip
     C, N = viewmats.shape[0], means.shape[0]
     H, W = height, width
     D = colors.shape[-1]
@@ -404,6 +405,8 @@ def _rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, widt
     # lie behind the termination point: they change no T of a contributing pair).
     alpha = _PairAlpha.apply(params_t, pv, px, py)
     w = alpha * _Transmittance.apply(alpha, seg_first, seg_last)
+    if weights_only:  # rows: pixels (sorted), columns: Gaussians (one camera per row: no duplicates)
+        return _csr(crow_pix, g_v.index_select(0, pv), w.detach(), (n_pix, N))
 
     if colors.dim() == 2:
         colors_v = colors.index_select(0, g_v)
@@ -569,6 +572,46 @@ def _gsplat_importable() -> bool:
     except ImportError:
         return False
     return True
+
+
+def blend_weights(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    *,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    radius_clip: float = 0.0,
+) -> Tensor:
+    """The compositing weights of :func:`rasterize_gaussians` as a sparse matrix (no gradient).
+
+    For fixed geometry a rendering is linear in the colours: ``w[p, n] = alpha_n(p)
+    T_n(p)`` (alpha and transmittance of Gaussian n at pixel p, with the 1/255 cut and
+    early termination of gsplat), so for (N, D) colours
+    ``rasterize_gaussians(...)[0].reshape(C * H * W, D) == blend_weights(...) @ colors``
+    and ``render_alphas.reshape(-1) == blend_weights(...).sum(1)``. Fitting only colours
+    or features through it costs one sparse product per iteration
+    (:func:`l2m_plugin.lifting.fit_scene` with ``fit_geometry=False``).
+
+    Args: as :func:`rasterize_gaussians`, without colours (the pure-PyTorch reference on
+    the tensors' device; gsplat does not expose its weights).
+    Returns:
+        (C * H * W, N) sparse CSR tensor of the means' dtype; row ``(c * H + i) * W + j``
+        is pixel (row i, column j) of camera c.
+    Raises:
+        ValueError: as :func:`rasterize_gaussians`.
+    """
+    colors = torch.zeros(means.shape[0], 1, dtype=means.dtype, device=means.device)
+    _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height)
+    with torch.no_grad():
+        return _rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height),
+                                near_plane, far_plane, eps2d, radius_clip, weights_only=True)  # fmt: skip
 
 
 def rasterize_gaussians(

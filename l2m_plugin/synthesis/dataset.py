@@ -386,6 +386,77 @@ def split_images(names: list[str], split: str, holdout_every: int = 10) -> list[
     return [n for j, n in enumerate(names) if (j % holdout_every == 0) == held]
 
 
+def source_listing(settings: RunSettings) -> list[str]:
+    """The photos of a run, relative to ``settings.images``: the sorted listing, without a
+    depth folder nested inside it, then ``split`` and ``max_images`` (in that order).
+
+    Raises:
+        FileNotFoundError: the image folder or the depth folder does not exist, or no image.
+    """
+    images = Path(settings.images)
+    names = list_source_images(images)
+    if settings.depth not in ("synthetic", "transformers") and not Path(settings.depth).is_dir():
+        raise FileNotFoundError(
+            f"depth folder {settings.depth} does not exist; pass a folder of .npy/.png "
+            "disparity maps mirroring --images, 'synthetic' or 'transformers'"
+        )
+    if settings.depth not in ("synthetic", "transformers"):
+        try:  # a depth folder inside the image folder: its PNGs are not photos
+            inner = Path(settings.depth).resolve().relative_to(images.resolve()).as_posix()
+            names = [n for n in names if not n.startswith(inner + "/")]
+        except ValueError:
+            pass
+    names = split_images(names, settings.split, settings.holdout_every)
+    if settings.max_images is not None:
+        names = names[: settings.max_images]
+    return names
+
+
+class SourceLoader:
+    """Reads one source photo of a run at the run's size, with its depth and sky mask
+    (shared by ``l2m synth`` and stage-1 lifting, :mod:`l2m_plugin.lifting.dataset`).
+
+    Args:
+        settings: :class:`RunSettings` (``images``, ``depth``, ``size``).
+        conf: :class:`SynthConfig` (depth conversion, sky segmenter, transformers model).
+    Raises:
+        BackendUnavailableError: ``depth="transformers"`` without the package / weights.
+        ValueError: a bad sky segmenter.
+    """
+
+    def __init__(self, settings: RunSettings, conf: SynthConfig):
+        from .depth import TransformersDepth
+
+        self.settings, self.conf = settings, conf
+        self.images = Path(settings.images)
+        self.segmenter = load_segmenter(conf.sky.segmenter)
+        self.estimator = None
+        if settings.depth == "transformers":
+            self.estimator = TransformersDepth(conf.depth.model, conf.depth.device)
+
+    def load(self, rel: str):
+        """``(image, depth, sky, depth_source)`` of photo ``rel``: (H, W, 3) uint8 RGB at the
+        run's size; (H, W) float32 z-depth in scene units, or None for ``"synthetic"`` (the
+        caller draws it with its own generator); (H, W) bool sky mask or None; the depth
+        source string of ``pairs.jsonl``.
+
+        Raises:
+            l2m_plugin.io.ImageLoadError, DepthFileError, ValueError, OSError: unreadable
+            inputs (the message names the file).
+        """
+        from ..io import load_image
+
+        img_full = np.asarray(load_image(self.images / rel).image)
+        raw, depth_source = _depth_for(self.settings, self.conf, self.images, rel, img_full, self.estimator)
+        img, raw = prepare_image(img_full, self.settings.size, raw)
+        depth = None
+        if raw is not None:
+            kind = self.estimator.output if self.estimator is not None else self.conf.depth.file_kind
+            depth = _to_scene_depth(raw, self.conf, kind)
+        sky = _sky_mask(self.segmenter, img) if self.segmenter is not None else None
+        return img, depth, sky, depth_source
+
+
 #: run settings that may change between runs of one output folder (they only select pairs)
 _FREE_RUN_KEYS = ("images", "pairs_per_image", "max_images")
 
@@ -545,36 +616,19 @@ def run_synthesis(
 
     from tqdm import tqdm
 
-    from ..io import ImageLoadError, load_image
+    from ..io import ImageLoadError
     from .appearance import DiffusersInpainter
-    from .depth import TransformersDepth, synthetic_depth
+    from .depth import synthetic_depth
     from .pair import synthesize_pair
 
     conf = conf if conf is not None else SynthConfig()
     images = Path(settings.images)
-    names = list_source_images(images)
-    if settings.depth not in ("synthetic", "transformers") and not Path(settings.depth).is_dir():
-        raise FileNotFoundError(
-            f"depth folder {settings.depth} does not exist; pass a folder of .npy/.png "
-            "disparity maps mirroring --images, 'synthetic' or 'transformers'"
-        )
-    if settings.depth not in ("synthetic", "transformers"):
-        try:  # a depth folder inside the image folder: its PNGs are not photos
-            inner = Path(settings.depth).resolve().relative_to(images.resolve()).as_posix()
-            names = [n for n in names if not n.startswith(inner + "/")]
-        except ValueError:
-            pass
-    names = split_images(names, settings.split, settings.holdout_every)
-    if settings.max_images is not None:
-        names = names[: settings.max_images]
+    names = source_listing(settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     resolved = _resolved(settings, conf)
     _check_conf(out, resolved, overwrite)
-    segmenter = load_segmenter(conf.sky.segmenter)
-    estimator = None
-    if settings.depth == "transformers":
-        estimator = TransformersDepth(conf.depth.model, conf.depth.device)
+    loader = SourceLoader(settings, conf)
     if conf.inpaint.method == "diffusers":
         DiffusersInpainter.get(conf.inpaint.model, conf.inpaint.device)
     from omegaconf import OmegaConf
@@ -614,17 +668,7 @@ def run_synthesis(
         if not todo:
             continue
         try:
-            img_full = np.asarray(load_image(images / rel).image)
-            raw, depth_source = _depth_for(settings, conf, images, rel, img_full, estimator)
-            img, raw = prepare_image(img_full, settings.size, raw)
-            depth = (
-                None
-                if raw is None
-                else _to_scene_depth(
-                    raw, conf, estimator.output if estimator is not None else conf.depth.file_kind
-                )
-            )
-            sky = _sky_mask(segmenter, img) if segmenter is not None else None
+            img, depth, sky, depth_source = loader.load(rel)
         except (ImageLoadError, DepthFileError, SynthesisError, ValueError, OSError) as exc:
             fail(rel, idx, None, exc)
             bar.update(len(todo))

@@ -245,6 +245,7 @@ def synthesize_pair(
     rng: np.random.Generator | int | None = None,
     *,
     sky_mask: np.ndarray | None = None,
+    K0: np.ndarray | None = None,
 ) -> SynthPair:
     """Make a training pair from one image and its depth (L2M Sec. 3.3).
 
@@ -257,6 +258,11 @@ def synthesize_pair(
         rng: ``numpy.random.Generator`` or an int seed (default: seed 0).
         sky_mask: optional (H, W) bool, True = sky: those pixels get no depth, hence no
             correspondences (and are holes in image 1).
+        K0: optional (3, 3) intrinsics of image 0 (COLMAP pixels) instead of sampling the
+            focal length: several views of one lifted scene share it
+            (:func:`l2m_plugin.lifting.synthesize_views`). Image 1 keeps the sampled zoom
+            (``K1 = K0`` with both focal lengths times the zoom). The random stream is the
+            same with or without it.
     Returns:
         :class:`SynthPair`.
     Raises:
@@ -275,7 +281,17 @@ def synthesize_pair(
     if (z > 0).sum() < 16:
         raise SynthesisError("fewer than 16 pixels have depth (all sky or invalid?): no pair")
     h, w = z.shape
-    K0, K1, cam_info = sample_intrinsics((w, h), conf.camera, rng)
+    K0_drawn, K1, cam_info = sample_intrinsics((w, h), conf.camera, rng)
+    if K0 is None:
+        K0 = K0_drawn
+    else:
+        K0 = np.asarray(K0, np.float64)
+        if K0.shape != (3, 3) or not np.isfinite(K0).all() or K0[0, 0] <= 0 or K0[1, 1] <= 0:
+            raise ValueError(f"K0 must be a finite (3, 3) intrinsic matrix with positive focal lengths, got {K0!r}")
+        K1 = K0.copy()
+        K1[0, 0] *= cam_info["zoom"]
+        K1[1, 1] *= cam_info["zoom"]
+        cam_info["focal0"] = float(K0[0, 0])
     mesh = lift(img, z, K0, max_rel_depth_jump=conf.mesh.max_rel_depth_jump)
     if len(mesh.faces) == 0:
         raise SynthesisError("the depth map has no continuous surface (every triangle dropped)")

@@ -1,4 +1,5 @@
-"""Stage-2 training of the L2M matcher (``l2m train stage2``).
+"""Training of the L2M matcher: stage 1 (``l2m train stage1``, the 3D-aware encoder) and
+stage 2 (``l2m train stage2``, the decoder on dense pairs).
 
 Public API::
 
@@ -8,12 +9,14 @@ Public API::
     model = L2M.from_pretrained(model_path)
 
 Modules: :mod:`.data` (data sets and the step-indexed sampler), :mod:`.losses` (RoMa's
-losses), :mod:`.trainer` (optimisation, checkpoints, resume, DDP), :mod:`.fixtures`
+losses), :mod:`.trainer` (optimisation, checkpoints, resume, DDP), :mod:`.stage1` (the
+encoder's fine-tuning on lifted features, :mod:`l2m_plugin.lifting`), :mod:`.fixtures`
 (tiny data sets for tests).
 """
 
 from .data import DataError, MegaDepthPairs, StepSampler, SynthPairs
 from .losses import LossConfig, RobustLoss
+from .stage1 import STAGE1_DEFAULT_CONF, Stage1Trainer, load_stage1_conf, train_stage1
 from .trainer import DEFAULT_CONF, TrainConfigError, Trainer, build_model, load_conf, train_stage2
 
 __all__ = [
@@ -29,4 +32,8 @@ __all__ = [
     "build_model",
     "load_conf",
     "train_stage2",
+    "STAGE1_DEFAULT_CONF",
+    "Stage1Trainer",
+    "load_stage1_conf",
+    "train_stage1",
 ]

@@ -88,6 +88,7 @@ DEFAULT_CONF: dict[str, Any] = {
         "freeze_encoder": False,
         "symmetric": False,
         "init_weights": None,       # a matcher to start from: registry name or path
+        "encoder_init": None,       # a matcher whose encoder (only) starts this run, e.g. a stage-1 result
         "encoder_weights": None,    # DINOv2 weights for arch roma (name or path)
         "cnn_init": "none",         # none | imagenet (VGG19-BN from torchvision, RoMa's start)
         "device": "auto",
@@ -122,22 +123,8 @@ def load_conf(path=None, overrides: list[str] | None = None):
             a required key (``data.root``, ``train.out``) left unset.
     """
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
-    conf = OmegaConf.create(DEFAULT_CONF)
-    OmegaConf.set_struct(conf, True)
-    OmegaConf.set_struct(conf.model, False)  # MatcherConfig fields, checked by MatcherConfig.from_dict below
-    try:
-        if path is not None:
-            conf = OmegaConf.merge(conf, OmegaConf.load(path))
-        if overrides:
-            conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as exc:
-        where = " with ".join(x for x in (str(path) if path else "", f"overrides {overrides}" if overrides else "") if x)
-        raise TrainConfigError(f"{where}: {exc}".replace("\n", " ")) from None
-    for section, key in (("data", "root"), ("train", "out")):
-        if OmegaConf.is_missing(conf[section], key):
-            raise TrainConfigError(f"{section}.{key} is required: pass {section}.{key}=PATH")
+    conf = merge_conf(DEFAULT_CONF, path, overrides, required=(("data", "root"), ("train", "out")))
     try:
         MatcherConfig.from_dict(OmegaConf.to_container(conf.model, resolve=True))
         LossConfig.from_dict(OmegaConf.to_container(conf.loss, resolve=True))
@@ -154,6 +141,36 @@ def load_conf(path=None, overrides: list[str] | None = None):
         raise TrainConfigError(f"data.kind must be synth or megadepth, got {conf.data.kind!r}")
     if int(t.steps) < 1 or int(t.batch_size) < 1:
         raise TrainConfigError("train.steps and train.batch_size must be >= 1")
+    return conf
+
+
+def merge_conf(defaults: dict, path=None, overrides: list[str] | None = None, *, required=(), free=("model",)):
+    """``defaults``, then the YAML file at ``path``, then ``key=value`` overrides, as an
+    OmegaConf ``DictConfig`` in struct mode (unknown keys refused), except the sections in
+    ``free`` (e.g. ``model``: MatcherConfig fields), which the caller checks.
+
+    Raises:
+        TrainConfigError: unknown keys or unreadable YAML (the message names the file or
+            override), or a ``(section, key)`` of ``required`` left unset.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    conf = OmegaConf.create(defaults)
+    OmegaConf.set_struct(conf, True)
+    for section in free:
+        OmegaConf.set_struct(conf[section], False)
+    try:
+        if path is not None:
+            conf = OmegaConf.merge(conf, OmegaConf.load(path))
+        if overrides:
+            conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
+    except (OmegaConfBaseException, OSError) as exc:
+        where = " with ".join(x for x in (str(path) if path else "", f"overrides {overrides}" if overrides else "") if x)
+        raise TrainConfigError(f"{where}: {exc}".replace("\n", " ")) from None
+    for section, key in required:
+        if OmegaConf.is_missing(conf[section], key):
+            raise TrainConfigError(f"{section}.{key} is required: pass {section}.{key}=PATH")
     return conf
 
 
@@ -191,7 +208,9 @@ def imagenet_vgg19_bn_state_dict(progress: bool = True) -> dict[str, torch.Tenso
 def build_model(conf) -> nn.Module:
     """The :class:`~l2m_plugin.L2M` to train, from ``conf.model`` (a MatcherConfig) and
     ``train.init_weights`` (a whole matcher), else random weights seeded by ``train.seed``
-    with ``train.encoder_weights`` (DINOv2) and ``train.cnn_init`` (ImageNet VGG19-BN).
+    with ``train.encoder_weights`` (DINOv2), ``train.encoder_init`` (the encoder of another
+    matcher of the same architecture, e.g. a stage-1 result: ``l2m train stage1``) and
+    ``train.cnn_init`` (ImageNet VGG19-BN).
 
     Raises:
         TrainConfigError: weights that do not fit the architecture.
@@ -206,6 +225,8 @@ def build_model(conf) -> nn.Module:
     arch = cfg.arch_config
     t = conf.train
     torch.manual_seed(int(t.seed))
+    if t.get("encoder_init") and t.init_weights:
+        raise TrainConfigError("train.encoder_init and train.init_weights exclude each other")
     if t.init_weights:
         return load_matcher(t.init_weights, config=cfg, encoder_weights=t.encoder_weights or None)
     model = L2M(cfg, weights_name="stage2")
@@ -216,6 +237,14 @@ def build_model(conf) -> nn.Module:
         missing, unexpected = model.load_state_dict(map_dinov2_keys(sd), strict=False)
         if unexpected or any(k.startswith("encoder.dinov2.") for k in missing):
             raise TrainConfigError(f"train.encoder_weights={t.encoder_weights!r} do not fit the {cfg.encoder} ViT")
+    if t.get("encoder_init"):
+        src = load_matcher(t.encoder_init)
+        if src.config.arch_config != arch or (arch.coarse == "dinov2" and src.config.encoder != cfg.encoder):
+            raise TrainConfigError(
+                f"train.encoder_init={t.encoder_init!r} has another architecture than model "
+                f"({src.config.arch} / {src.config.encoder} vs {cfg.arch} / {cfg.encoder})"
+            )
+        model.encoder.load_state_dict(src.encoder.state_dict())
     if t.cnn_init == "imagenet":
         if arch.cnn != "vgg19":
             raise TrainConfigError("train.cnn_init=imagenet loads VGG19-BN weights: only for model.arch with cnn='vgg19'")
@@ -327,7 +356,7 @@ class Trainer:
         from omegaconf import DictConfig, OmegaConf
 
         if not isinstance(conf, DictConfig):
-            conf = OmegaConf.merge(OmegaConf.create(DEFAULT_CONF), OmegaConf.create(conf))
+            conf = OmegaConf.merge(OmegaConf.create(self.default_conf), OmegaConf.create(conf))
         self.conf = conf
         self.resolved = OmegaConf.to_container(conf, resolve=True)
         self.out = Path(conf.train.out)
@@ -474,9 +503,63 @@ class Trainer:
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                     self._tb.add_scalar(k, v, step)
 
+    # ------------------------------------------------------------ stage hooks
+    default_conf = DEFAULT_CONF
+    stage = "stage2"
+    rate_name = "pairs"
+
+    def _build(self, device: torch.device) -> list[dict]:
+        """Build ``self.model`` on ``device``, freeze what is not trained, and return the
+        optimiser's parameter groups (dicts with ``params``, ``lr``, ``name``)."""
+        from omegaconf import OmegaConf
+
+        t = self.conf.train
+        self.model = build_model(self.conf).to(device)
+        self.model.train()
+        self.train_encoder = not bool(t.freeze_encoder)
+        enc = self.model.encoder
+        for name, p in enc.named_parameters():
+            if not self.train_encoder or name.startswith("dinov2."):  # RoMa never trains DINOv2
+                p.requires_grad_(False)
+        if not self.train_encoder:
+            enc.eval()  # frozen BatchNorm statistics too
+        scale = int(t.batch_size) * self.world / 8 if t.scale_lr_with_batch else 1.0
+        enc_params = [p for p in enc.parameters() if p.requires_grad]
+        groups = [{"params": list(self.model.decoder.parameters()), "lr": float(t.lr_decoder) * scale, "name": "decoder"}]
+        if enc_params:
+            groups.append({"params": enc_params, "lr": float(t.lr_encoder) * scale, "name": "encoder"})
+        self.loss_fn = RobustLoss(LossConfig.from_dict(OmegaConf.to_container(self.conf.loss, resolve=True)))
+        return groups
+
+    def _prepare_data(self, device: torch.device, distributed: bool) -> None:
+        """Make what the data set reads, before it is opened (stage 2: nothing)."""
+
+    def _make_dataset(self, seed: int):
+        return build_dataset(self.conf, seed)
+
+    def _make_net(self) -> nn.Module:
+        """The module whose forward the loop calls (what DistributedDataParallel wraps)."""
+        return _TrainForward(self.model, bool(self.conf.train.symmetric), self.train_encoder)
+
+    def _compute_loss(self, net: nn.Module, batch: dict, device: torch.device, autocast) -> tuple:
+        """``(loss, stats dict of floats, items in the batch)`` of one step."""
+        x0 = batch["image0"].to(device, non_blocking=True)
+        x1 = batch["image1"].to(device, non_blocking=True)
+        warp, valid = batch["warp0"].to(device), batch["valid0"].to(device)
+        if self.conf.train.symmetric:
+            warp = torch.cat((warp, batch["warp1"].to(device)))
+            valid = torch.cat((valid, batch["valid1"].to(device)))
+        with autocast:
+            out = net(x0, x1)
+        loss, stats = self.loss_fn(out, warp, valid)
+        return loss, stats, x0.shape[0]
+
+    @staticmethod
+    def _postfix(stats: dict) -> dict:
+        return {"loss": f"{stats['loss']:.3f}", "epe_px": f"{stats.get('epe_px', float('nan')):.2f}"}
+
     # ------------------------------------------------------------ run
     def run(self) -> Path:
-        from omegaconf import OmegaConf
         from tqdm import tqdm
 
         from .data import StepSampler
@@ -495,25 +578,11 @@ class Trainer:
         seed = int(t.seed)
         random.seed(seed)
         np.random.seed(seed)
-        self.model = build_model(self.conf).to(device)
-        self.model.train()
-        train_encoder = not bool(t.freeze_encoder)
-        enc = self.model.encoder
-        for name, p in enc.named_parameters():
-            if not train_encoder or name.startswith("dinov2."):  # RoMa never trains DINOv2
-                p.requires_grad_(False)
-        if not train_encoder:
-            enc.eval()  # frozen BatchNorm statistics too
-        scale = int(t.batch_size) * self.world / 8 if t.scale_lr_with_batch else 1.0
-        enc_params = [p for p in enc.parameters() if p.requires_grad]
-        groups = [{"params": list(self.model.decoder.parameters()), "lr": float(t.lr_decoder) * scale, "name": "decoder"}]
-        if enc_params:
-            groups.append({"params": enc_params, "lr": float(t.lr_encoder) * scale, "name": "encoder"})
+        groups = self._build(device)
         self.optimizer = torch.optim.AdamW(groups, weight_decay=float(t.weight_decay))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(t))
         amp_dtype, use_scaler = self._amp(device)
         self.scaler = torch.amp.GradScaler(device.type) if use_scaler else None
-        loss_fn = RobustLoss(LossConfig.from_dict(OmegaConf.to_container(self.conf.loss, resolve=True)))
 
         start = 0
         ckpts = self._checkpoints()
@@ -526,14 +595,15 @@ class Trainer:
             return self.out / "model.pth"
         stop = min(steps, int(t.stop_at)) if t.stop_at is not None else steps
 
-        dataset = build_dataset(self.conf, seed)
+        self._prepare_data(device, distributed)
+        dataset = self._make_dataset(seed)
         sampler = StepSampler(len(dataset), int(t.batch_size), seed=seed, rank=self.rank, world_size=self.world,
                               start_step=start, steps=stop)  # fmt: skip
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=sampler, num_workers=int(self.conf.data.num_workers),
             pin_memory=device.type == "cuda", persistent_workers=False,
         )  # fmt: skip
-        net: nn.Module = _TrainForward(self.model, bool(t.symmetric), train_encoder)
+        net = self._make_net()
         if distributed:
             net = nn.parallel.DistributedDataParallel(
                 net, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=True
@@ -548,18 +618,10 @@ class Trainer:
             "training %s: steps %d..%d, %d process(es) x batch %d, device %s, amp %s, %d trainable parameters",
             self.out, start, stop, self.world, int(t.batch_size), device, amp_dtype, sum(p.numel() for p in params),
         )  # fmt: skip
-        bar = tqdm(total=stop - start, initial=0, disable=self.rank != 0 or not t.progress, desc="stage2", dynamic_ncols=True)
+        bar = tqdm(total=stop - start, initial=0, disable=self.rank != 0 or not t.progress, desc=self.stage, dynamic_ncols=True)
         step, t_last, seen = start, time.perf_counter(), 0
         for batch in loader:
-            x0 = batch["image0"].to(device, non_blocking=True)
-            x1 = batch["image1"].to(device, non_blocking=True)
-            warp, valid = batch["warp0"].to(device), batch["valid0"].to(device)
-            if t.symmetric:
-                warp = torch.cat((warp, batch["warp1"].to(device)))
-                valid = torch.cat((valid, batch["valid1"].to(device)))
-            with autocast:
-                out = net(x0, x1)
-            loss, stats = loss_fn(out, warp, valid)
+            loss, stats, n_items = self._compute_loss(net, batch, device, autocast)
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -576,13 +638,13 @@ class Trainer:
                 logger.warning("step %d: non-finite gradient norm, update skipped", step)
             self.scheduler.step()
             step += 1
-            seen += x0.shape[0] * self.world
+            seen += n_items * self.world
             bar.update(1)
             if self.rank == 0 and (step % int(t.log_every) == 0 or step == stop):
                 now = time.perf_counter()
                 lrs = {f"lr_{g['name']}": g["lr"] for g in self.optimizer.param_groups}
-                self._log(step, {**stats, "grad_norm": grad_norm, **lrs, "pairs_per_s": seen / max(now - t_last, 1e-9)})
-                bar.set_postfix(loss=f"{stats['loss']:.3f}", epe_px=f"{stats.get('epe_px', float('nan')):.2f}")
+                self._log(step, {**stats, "grad_norm": grad_norm, **lrs, f"{self.rate_name}_per_s": seen / max(now - t_last, 1e-9)})
+                bar.set_postfix(self._postfix(stats))
                 t_last, seen = now, 0
             if step % int(t.checkpoint_every) == 0 or step == stop:
                 self.save_checkpoint(step)

@@ -239,6 +239,10 @@ def test_stage1_config_errors_name_the_key(tmp_path):
         load_stage1_conf(None, ["data.images=I", "train.out=O", "train.trainable=decoder"])
     with pytest.raises(TrainConfigError, match="itrs"):
         load_stage1_conf(None, ["data.images=I", "train.out=O", "fit.itrs=3"])
+    big = REPO / "configs" / "train" / "stage1_l2m.yaml"
+    conf = load_stage1_conf(big, ["data.images=I", "train.out=O"])
+    assert conf.data.depth == "transformers"  # the GPU recipe: real monocular depth, not synthetic
+    assert conf.train.lr == 1e-5 and conf.train.weight_decay == 1e-4 and conf.fit.fit_geometry
 
 
 def test_cli_train_stage1(photos, tmp_path, capsys):

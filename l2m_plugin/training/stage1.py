@@ -101,6 +101,10 @@ def load_stage1_conf(path=None, overrides: list[str] | None = None):
     except (ValueError, TypeError) as exc:
         raise TrainConfigError(f"{path or 'configuration'} (model / fit section): {exc}") from None
     d, t = conf.data, conf.train
+    for section in ("data", "train"):
+        for key in conf[section]:
+            if OmegaConf.is_missing(conf[section], key):
+                raise TrainConfigError(f"{section}.{key} is required: pass {section}.{key}=VALUE")
     if d.preset not in PRESETS:
         raise TrainConfigError(f"data.preset must be one of {sorted(PRESETS)}, got {d.preset!r}")
     if int(d.views) < 2:

@@ -571,24 +571,25 @@ def build_parser() -> argparse.ArgumentParser:
     sy.set_defaults(func=_cmd_synth)
     tr = sub.add_parser("train", help="train a matcher (stage1: the 3D-aware encoder; stage2: the decoder on dense pairs)")
     trs = tr.add_subparsers(dest="train_command", required=True)
-    t1 = trs.add_parser("stage1", help="make the encoder 3D-aware: lift single photos to feature-Gaussian fields, "
-                        "fine-tune the encoder on their rendered features; resumes a run of the same config",
-                        description="Writes train.out/{config.yaml,fields/,log.csv,checkpoints/,model.pth}; "
-                        "prints model.pth's path (the matcher with the fine-tuned encoder).")
-    t1.add_argument("--conf", default=None, help="training YAML (e.g. configs/train/stage1_tiny.yaml)")
-    t1.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                    help="config overrides, e.g. data.images=DIR train.out=DIR train.steps=100")
-    t1.add_argument("--overwrite", action="store_true", help="delete the run in train.out (fields too) and start again")
-    t1.add_argument("--stop-at", type=int, default=None, help="stop with a checkpoint after this step (resume later)")
-    t1.set_defaults(func=_cmd_train)
-    t2 = trs.add_parser("stage2", help="train the matcher on dense pairs (synthetic or MegaDepth); resumes a run of the same config",
-                        description="Writes train.out/{config.yaml,log.csv,checkpoints/,model.pth}; prints model.pth's path.")
-    t2.add_argument("--conf", default=None, help="training YAML (e.g. configs/train/stage2_tiny.yaml)")
-    t2.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                    help="config overrides, e.g. data.root=DIR train.out=DIR train.steps=100")
-    t2.add_argument("--overwrite", action="store_true", help="delete the run in train.out (of any configuration) and start again")
-    t2.add_argument("--stop-at", type=int, default=None, help="stop with a checkpoint after this step (resume later)")
-    t2.set_defaults(func=_cmd_train)
+    def train_parser(stage, help_, description, example_conf, example_overrides, overwrite_help):
+        t = trs.add_parser(stage, help=help_, description=description)
+        t.add_argument("--conf", default=None, help=f"training YAML (e.g. {example_conf})")
+        t.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help=f"config overrides, e.g. {example_overrides} train.out=DIR train.steps=100")
+        t.add_argument("--overwrite", action="store_true", help=overwrite_help)
+        t.add_argument("--stop-at", type=int, default=None, help="stop with a checkpoint after this step (resume later)")
+        t.set_defaults(func=_cmd_train)
+
+    train_parser("stage1", "make the encoder 3D-aware: lift single photos to feature-Gaussian fields, "
+                 "fine-tune the encoder on their rendered features; resumes a run of the same config",
+                 "Writes train.out/{config.yaml,fields/,log.csv,checkpoints/,model.pth}; "
+                 "prints model.pth's path (the matcher with the fine-tuned encoder).",
+                 "configs/train/stage1_tiny.yaml", "data.images=DIR",
+                 "delete the run in train.out (fields too) and start again")  # fmt: skip
+    train_parser("stage2", "train the matcher on dense pairs (synthetic or MegaDepth); resumes a run of the same config",
+                 "Writes train.out/{config.yaml,log.csv,checkpoints/,model.pth}; prints model.pth's path.",
+                 "configs/train/stage2_tiny.yaml", "data.root=DIR",
+                 "delete the run in train.out (of any configuration) and start again")  # fmt: skip
 
     w = sub.add_parser("weights", help="list the weights registry and the cache")
     w.set_defaults(func=_cmd_weights)

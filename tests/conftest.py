@@ -68,3 +68,12 @@ def make_model(state_dict: dict, **config):
     from l2m_plugin.weights import load_matcher
 
     return load_matcher(state_dict, config=MatcherConfig(**config))
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (the rendezvous of the DDP tests)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

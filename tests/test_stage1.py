@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,8 @@ from l2m_plugin import L2M
 from l2m_plugin.lifting import FeatureGaussians, FitConfig, SceneViews, fit_scene, synthesize_views
 from l2m_plugin.synthesis import SynthConfig, synthesize_pair, synthetic_depth
 from l2m_plugin.training import Stage1Trainer, TrainConfigError, load_stage1_conf
+
+from .conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64  # views of 64 x 64: the tiny encoder's coarse grid is 4 x 4
@@ -258,12 +259,6 @@ def test_cli_train_stage1(photos, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, images: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))  # fmt: skip
@@ -277,7 +272,7 @@ def _ddp_worker(rank: int, world: int, port: int, images: str, out: str) -> None
 def test_stage1_ddp_two_gloo_processes_share_the_lifting_and_agree(photos, tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(photos), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(photos), str(tmp_path)), nprocs=2, join=True)
     assert len(list((tmp_path / "fields" / "scenes").glob("*.npz"))) == 3  # ranks lifted 2 + 1
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)

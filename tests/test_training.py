@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,8 @@ from l2m_plugin.training import (
 from l2m_plugin.training.data import DataError, hflip_item
 from l2m_plugin.training.fixtures import write_megadepth_train_fixture, write_synth_fixture
 from l2m_plugin.training.losses import anchor_targets, gt_at_scale
+
+from .conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (64, 96)  # (H, W) of the fixture pairs and of the test training runs
@@ -320,12 +321,6 @@ def test_configs_resolve_and_bad_keys_are_named():
         load_conf(REPO / "configs" / "train" / "stage2_tiny.yaml", ["data.root=D", "train.out=O", "model.coarse_res=100"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))  # fmt: skip
@@ -340,7 +335,7 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
 def test_ddp_two_gloo_processes_end_with_identical_weights(synth_root, tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(synth_root), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(synth_root), str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert all(torch.equal(r0[k], r1[k]) for k in r0)

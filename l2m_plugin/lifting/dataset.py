@@ -43,6 +43,8 @@ def encoder_level_features(encoder, x: torch.Tensor, level: int) -> torch.Tensor
             (1, 2, 4, 8).
     Returns:
         (B, C, H / s, W / s).
+    Raises:
+        ValueError: ``level`` is neither 16 nor a level of the CNN pyramid.
     """
     if level == 16 and encoder.coarse_kind == "dinov2":
         return encoder.dinov2(x)
@@ -54,11 +56,6 @@ def encoder_level_features(encoder, x: torch.Tensor, level: int) -> torch.Tensor
     if level not in feats:
         raise ValueError(f"level must be 16 or one of {sorted(feats)}, got {level}")
     return feats[level]
-
-
-def _preprocess(model, x: torch.Tensor) -> torch.Tensor:
-    """The matcher's own input transform (colour order, ImageNet normalisation), no resizing."""
-    return model.preprocess(x, tuple(x.shape[-2:]))
 
 
 def lift_photos(model, names: list[str], loader, out, *, views: int, synth_conf, fit_conf, level: int = 16,
@@ -79,12 +76,18 @@ def lift_photos(model, names: list[str], loader, out, *, views: int, synth_conf,
         indices: only these photo indices (a rank's share); default all.
     Returns:
         summary: ``written``, ``skipped``, ``failed`` (records), ``seconds``.
+    Raises:
+        BackendUnavailableError, MemoryError: stop the run. A photo that cannot be read,
+        lifted or fitted (SynthesisError, ValueError, OSError, RuntimeError) is recorded in
+        ``failures.jsonl`` and skipped; the scenes written before it are kept.
     """
     import time
 
     from tqdm import tqdm
 
+    from ..eval.features import encode_level
     from ..synthesis import SynthesisError, synthetic_depth
+    from ..synthesis.dataset import _append_jsonl
     from ..synthesis.errors import BackendUnavailableError
     from .fit import fit_scene
     from .views import synthesize_views
@@ -110,17 +113,15 @@ def lift_photos(model, names: list[str], loader, out, *, views: int, synth_conf,
             rng = np.random.default_rng([int(seed), i])
             z = depth if depth is not None else synthetic_depth(img.shape[1::-1], rng, synth_conf.depth, img)
             sv = synthesize_views(img, z, views, synth_conf, rng, sky_mask=sky)
-            x = torch.from_numpy(sv.images).permute(0, 3, 1, 2).float().div(255.0).to(model.device)
-            with torch.no_grad():
-                feats = encoder_level_features(model.encoder, _preprocess(model, x), level).float().cpu()
+            x = torch.from_numpy(sv.images).permute(0, 3, 1, 2).float().div(255.0)
+            feats = encode_level(model, x, tuple(x.shape[-2:]), level)  # no resizing, float32, CPU
             fitted = fit_scene(sv, feats, fit_conf)
         except (MemoryError, BackendUnavailableError, KeyboardInterrupt):
             raise
         except (SynthesisError, ValueError, OSError, RuntimeError) as exc:
             rec = {"index": i, "source": rel, "error": f"{type(exc).__name__}: {exc}"}
             logger.warning("stage 1: skipped %s: %s", rel, rec["error"])
-            with open(out / "failures.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
+            _append_jsonl(out / "failures.jsonl", rec)
             summary["failed"].append(rec)
             bar.update(1)
             continue

@@ -101,10 +101,6 @@ def load_stage1_conf(path=None, overrides: list[str] | None = None):
     except (ValueError, TypeError) as exc:
         raise TrainConfigError(f"{path or 'configuration'} (model / fit section): {exc}") from None
     d, t = conf.data, conf.train
-    for section in ("data", "train"):
-        for key in conf[section]:
-            if OmegaConf.is_missing(conf[section], key):
-                raise TrainConfigError(f"{section}.{key} is required: pass {section}.{key}=VALUE")
     if d.preset not in PRESETS:
         raise TrainConfigError(f"data.preset must be one of {sorted(PRESETS)}, got {d.preset!r}")
     if int(d.views) < 2:
@@ -134,9 +130,9 @@ class _EncoderLevel(nn.Module):
         self.level = level
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ..lifting.dataset import _preprocess, encoder_level_features
+        from ..lifting.dataset import encoder_level_features
 
-        return encoder_level_features(self.encoder, _preprocess(self.model, x), self.level)
+        return encoder_level_features(self.encoder, self.model.preprocess(x, tuple(x.shape[-2:])), self.level)
 
 
 class Stage1Trainer(Trainer):
@@ -187,7 +183,7 @@ class Stage1Trainer(Trainer):
         else:
             trainable = enc.dinov2 if enc.coarse_kind == "dinov2" else enc.coarse
         trainable.requires_grad_(True)
-        params = [p for p in trainable.parameters()]
+        params = list(trainable.parameters())
         self.level = int(t.level)
         return [{"params": params, "lr": float(t.lr), "name": "encoder"}]
 
@@ -198,7 +194,7 @@ class Stage1Trainer(Trainer):
 
         from ..lifting import FitConfig, lift_photos
         from ..synthesis import PRESETS
-        from ..synthesis.dataset import RunSettings, SourceLoader, source_listing
+        from ..synthesis.dataset import RunSettings, SourceLoader, _read_jsonl, source_listing
 
         d = self.conf.data
         fields = self.out / "fields"
@@ -208,11 +204,7 @@ class Stage1Trainer(Trainer):
                                holdout_every=int(d.holdout_every))  # fmt: skip
         names = source_listing(settings)
         have = {int(p.stem) for p in (fields / "scenes").glob("[0-9]*[0-9].npz")}
-        failed = set()
-        if (fields / "failures.jsonl").is_file():
-            import json
-
-            failed = {json.loads(x)["index"] for x in (fields / "failures.jsonl").read_text().splitlines() if x.strip()}
+        failed = {rec["index"] for rec in _read_jsonl(fields / "failures.jsonl")}  # [] when absent
         todo = [i for i in range(len(names)) if i not in have and i not in failed and i % self.world == self.rank]
         if todo:
             # lift with the initial encoder (a copy: a resumed run's model holds trained weights)

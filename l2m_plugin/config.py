@@ -77,6 +77,15 @@ class ArchConfig:
         corr_radii: local-correlation radius of each refiner (0: none).
         refiner_blocks: hidden depth-wise blocks per refiner (RoMa: 8).
         refiner_kernel: depth-wise kernel size (RoMa: 5).
+        coarse_matcher: ``"gp"`` (RoMa: the GP regression and the anchor classifier on the
+            stride-14/16 features, scales 16, 8, 4, 2, 1) or ``"dual_softmax"`` (ours, for
+            networks trained from scratch: LoFTR-style (Sun et al. CVPR 2021, Sec. 3.3)
+            self- and cross-attention over the stride-8 CNN features, a dual-softmax
+            assignment and a sub-cell soft-argmax; scales 8, 4, 2, 1; no stride-16
+            features, so ``coarse`` must be ``"none"``).
+        ds_depth, ds_heads: the dual-softmax matcher's attention layers (each a
+            self-attention then a cross-attention block) and heads.
+        ds_temperature: the dual-softmax temperature (LoFTR: 0.1).
     """
 
     coarse: str = "dinov2"
@@ -96,6 +105,10 @@ class ArchConfig:
     corr_radii: tuple[int, int, int, int, int] = (7, 3, 2, 0, 0)
     refiner_blocks: int = 8
     refiner_kernel: int = 5
+    coarse_matcher: str = "gp"
+    ds_depth: int = 4
+    ds_heads: int = 4
+    ds_temperature: float = 0.1
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -109,13 +122,23 @@ class ArchConfig:
                 scales = "strides 1, 2, 4, 8" if n == 4 else "scales 16, 8, 4, 2, 1"
                 raise ValueError(f"ArchConfig.{name} must have {n} entries ({scales}), got {v!r}")
             set_(self, name, v)
-        if self.coarse not in ("dinov2", "vit", "cnn"):
-            raise ValueError(f"ArchConfig.coarse must be 'dinov2', 'vit' or 'cnn', got {self.coarse!r}")
+        if self.coarse not in ("dinov2", "vit", "cnn", "none"):
+            raise ValueError(f"ArchConfig.coarse must be 'dinov2', 'vit', 'cnn' or 'none', got {self.coarse!r}")
+        if self.coarse_matcher not in ("gp", "dual_softmax"):
+            raise ValueError(f"ArchConfig.coarse_matcher must be 'gp' or 'dual_softmax', got {self.coarse_matcher!r}")
+        if (self.coarse == "none") != (self.coarse_matcher == "dual_softmax"):
+            raise ValueError(
+                "ArchConfig: coarse='none' goes with coarse_matcher='dual_softmax' (it matches the stride-8 "
+                f"features), and the GP needs stride-16 features; got coarse={self.coarse!r}, "
+                f"coarse_matcher={self.coarse_matcher!r}"
+            )
+        if self.coarse_matcher == "dual_softmax" and self.proj_dims[1] % self.ds_heads:
+            raise ValueError(f"proj_dims[1] = {self.proj_dims[1]} must be divisible by ds_heads {self.ds_heads}")
         if self.cnn not in ("vgg19", "small"):
             raise ValueError(f"ArchConfig.cnn must be 'vgg19' or 'small', got {self.cnn!r}")
         if self.cnn == "vgg19" and self.cnn_channels != (64, 128, 256, 512):
             raise ValueError(f"cnn='vgg19' has channels (64, 128, 256, 512), got cnn_channels={self.cnn_channels}")
-        if self.coarse != "dinov2" and not self.coarse_dim:
+        if self.coarse in ("vit", "cnn") and not self.coarse_dim:
             raise ValueError(f"ArchConfig.coarse={self.coarse!r} needs coarse_dim (channels of the coarse features)")
         if self.coarse == "vit" and self.coarse_dim % self.vit_heads:
             raise ValueError(f"coarse_dim {self.coarse_dim} must be divisible by vit_heads {self.vit_heads}")
@@ -127,8 +150,15 @@ class ArchConfig:
 
     @property
     def coarse_stride(self) -> int:
-        """Pixels per coarse feature: 14 (ViT patches) or 16 (the CNN's stride)."""
-        return 16 if self.coarse == "cnn" else 14
+        """Pixels per coarse feature: 14 (ViT patches), 16 (the CNN's stride) or 8 (no
+        stride-16 features: the dual-softmax matcher works on the stride-8 level)."""
+        return {"cnn": 16, "none": 8}.get(self.coarse, 14)
+
+    @property
+    def scales(self) -> tuple[str, ...]:
+        """The decoder's scales, coarse to fine: ``("16", "8", "4", "2", "1")`` for the GP,
+        ``("8", "4", "2", "1")`` for the dual-softmax matcher."""
+        return ("16", "8", "4", "2", "1") if self.coarse_matcher == "gp" else ("8", "4", "2", "1")
 
     def replace(self, **changes) -> ArchConfig:
         """A copy with some fields changed (validated again)."""
@@ -140,7 +170,10 @@ class ArchConfig:
 #: 16/8/4/2/1, certainty) with a small CNN everywhere (coarse features at stride 16 from two
 #: more stages on the fine pyramid), narrow widths, 32 x 32 anchors and 3 blocks per refiner:
 #: 3,863,463 parameters (15.5 MB in float32), trained from scratch
-#: (``configs/train/stage2_tiny.yaml``).
+#: (``configs/train/stage2_tiny.yaml``). ``tiny-ds``: the network of l2m-tiny since
+#: 2026-12-05: the small CNN pyramid (16-128 channels), a dual-softmax coarse matcher
+#: at stride 8 behind 2 self/cross linear-attention layers (LoFTR), and refiners at 8/4/2/1 with
+#: local correlation at 8, 4 and 2 (``configs/train/stage2_tiny_ds.yaml``).
 ARCH_PRESETS: dict[str, ArchConfig] = {
     "roma": ArchConfig(),
     "tiny": ArchConfig(
@@ -148,8 +181,14 @@ ARCH_PRESETS: dict[str, ArchConfig] = {
         coarse_dim=128, coarse_convs=2, gp_dim=128, proj_dims=(128, 64, 32, 16, 6),
         cls_depth=3, cls_heads=8, anchor_res=32, disp_emb_dims=(32, 16, 16, 8, 4),
         corr_radii=(3, 3, 2, 0, 0), refiner_blocks=3, refiner_kernel=5,
-    ),  # fmt: skip
-}
+    ),
+    "tiny-ds": ArchConfig(
+        coarse="none", coarse_matcher="dual_softmax", cnn="small", cnn_channels=(16, 32, 64, 128),
+        cnn_convs=2, gp_dim=0, proj_dims=(8, 128, 48, 16, 6), cls_depth=0, cls_heads=1,
+        disp_emb_dims=(8, 32, 16, 8, 4), corr_radii=(0, 3, 2, 1, 0), refiner_blocks=2,
+        refiner_kernel=3, ds_depth=2, ds_heads=4, ds_temperature=0.1,
+    ),
+}  # fmt: skip
 
 
 def _arch(value) -> ArchConfig | str:

@@ -10,6 +10,10 @@ and ``romatch/models/transformer/__init__.py``; L2M inherits them, ICCV 2025 Sec
 * :class:`ConvRefiner`: depth-wise conv refiners with local correlation and a
   displacement embedding, predicting a displacement and a certainty residual.
 * :class:`Decoder`: runs them coarse to fine over scales 16, 8, 4, 2, 1.
+* :class:`DualSoftmaxMatcher` (ours, not in RoMa; the ``tiny-ds`` architecture): in place
+  of the GP and the classifier, LoFTR-style (Sun et al., CVPR 2021, Sec. 3.2-3.3)
+  self/cross attention over the stride-8 features, a dual-softmax assignment and a
+  soft-argmax in the 3 x 3 cells around the best match; the refiners then run at 8, 4, 2, 1.
 
 All warps are in normalised coordinates (see :mod:`l2m_plugin.coords`); all
 certainties here are logits. Module and parameter names follow RoMa's so its
@@ -34,6 +38,8 @@ __all__ = [
     "anchors_to_warp",
     "local_correlation",
     "ConvRefiner",
+    "sine_position_encoding",
+    "DualSoftmaxMatcher",
     "Decoder",
 ]
 
@@ -348,12 +354,126 @@ class ConvRefiner(nn.Module):
         parts = [f0, f1_at_warp, self.disp_emb(40 / 32 * scale_factor * displacement)]
         if self.local_corr_radius:
             parts.append(local_correlation(f0, f1, warp, self.local_corr_radius, size=(h, w)))
-        # channels-last: the depth-wise convolutions run about 1.5x faster on CPU, same numbers
-        d = torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last)
+        # channels-last: the depth-wise convolutions run about 1.5x faster on CPU, same numbers;
+        # not when training: their backward pass is then 1.5-2.5x slower (measured on CPU)
+        d = torch.cat(parts, dim=1)
+        if not torch.is_grad_enabled():
+            d = d.contiguous(memory_format=torch.channels_last)
         del parts, f1_at_warp
         d = self.hidden_blocks(self.block1(d))
         d = self.out_conv(d.float())
         return d[:, :-1], d[:, -1:]
+
+
+def sine_position_encoding(dim: int, h: int, w: int, device=None) -> torch.Tensor:
+    """LoFTR's 2D sine position encoding of cell indices (LoFTR ``PositionEncodingSine``).
+
+    Args:
+        dim: channels (a multiple of 4).
+        h, w: the grid.
+    Returns:
+        (1, dim, h, w) float32: channels ``4k..4k+3`` are ``sin(x f_k), cos(x f_k),
+        sin(y f_k), cos(y f_k)`` with x, y the 1-based cell indices and
+        ``f_k = 10000^(-2k / (dim / 2))``. It depends on cell indices, not on the image
+        size, so a network trained at one resolution runs at another.
+    """
+    if dim % 4:
+        raise ValueError(f"position encoding needs dim divisible by 4, got {dim}")
+    y = torch.arange(1, h + 1, device=device, dtype=torch.float32)[:, None].expand(h, w)
+    x = torch.arange(1, w + 1, device=device, dtype=torch.float32)[None].expand(h, w)
+    freq = torch.exp(torch.arange(0, dim // 2, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / (dim // 2)))
+    f = freq[:, None, None]
+    pe = torch.stack((torch.sin(x * f), torch.cos(x * f), torch.sin(y * f), torch.cos(y * f)), dim=1)
+    return pe.reshape(1, dim, h, w)
+
+
+class _AttentionBlock(nn.Module):
+    """Pre-norm multi-head linear attention of ``x`` to ``source`` plus an MLP (self-attention
+    when ``source`` is ``x``). Input and output (B, N, dim).
+
+    Linear attention (Katharopoulos et al. 2020, as LoFTR uses it): ``phi(q) (phi(k)^T v) /
+    (phi(q) . sum phi(k))`` with ``phi = elu + 1``: O(N d^2) instead of O(N^2 d), so it
+    costs little at any resolution."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(dim, 2 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = _Mlp(dim, 2 * dim)
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        h = self.num_heads
+        xn = self.norm1(x)
+        sn = xn if source is x else self.norm1(source)
+        q = F.elu(self.q(xn).reshape(B, N, h, C // h)) + 1  # LoFTR's linear attention:
+        k, v = self.kv(sn).reshape(B, sn.shape[1], 2, h, C // h).unbind(2)  # phi(x) = elu(x) + 1
+        k = F.elu(k) + 1
+        kv = torch.einsum("bmhd,bmhe->bhde", k, v)
+        z = 1 / (torch.einsum("bnhd,bhd->bnh", q, k.sum(dim=1)) + 1e-6)
+        out = torch.einsum("bnhd,bhde,bnh->bnhe", q, kv, z).reshape(B, N, C)
+        x = x + self.proj(out)
+        return x + self.mlp(self.norm2(x))
+
+
+class DualSoftmaxMatcher(nn.Module):
+    """Coarse matching at stride 8 by a dual-softmax assignment (ours; LoFTR's coarse stage).
+
+    ``forward(f0, f1)`` with f0 (B, C, H0, W0) and f1 (B, C, H1, W1) (the projected
+    stride-8 features) adds :func:`sine_position_encoding`, runs ``depth`` pairs of
+    self-attention (each image) and cross-attention (each to the other) linear-attention
+    blocks, and scores
+    every cell pair ``S_ij = <f0_i, f1_j> / (C T)``. The assignment is
+    ``P = softmax_j(S) * softmax_i(S)`` (LoFTR Eq. 3).
+
+    Returns ``(warp, certainty, log_p)``:
+        warp: (B, 2, H0, W0) normalised coordinates in image 1: for each cell of image 0,
+            the row-softmax-weighted mean of the cell centres in the 3 x 3 neighbourhood of
+            its best match ``argmax_j P_ij`` (sub-cell accuracy);
+        certainty: (B, 1, H0, W0) logit of ``max_j P_ij`` (clamped to [1e-4, 1 - 1e-4]);
+        log_p: (B, H0*W0, H1*W1) float32 ``log P`` for the training loss
+            (:class:`~l2m_plugin.training.losses.RobustLoss`). Cells are row-major.
+    """
+
+    def __init__(self, dim: int, depth: int = 4, num_heads: int = 4, temperature: float = 0.1):
+        super().__init__()
+        self.self_blocks = nn.ModuleList([_AttentionBlock(dim, num_heads) for _ in range(depth)])
+        self.cross_blocks = nn.ModuleList([_AttentionBlock(dim, num_heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.temperature = temperature
+        self.dim = dim
+
+    def forward(self, f0: torch.Tensor, f1: torch.Tensor):
+        b, c, h0, w0 = f0.shape
+        h1, w1 = f1.shape[-2:]
+        x = (f0 + sine_position_encoding(c, h0, w0, f0.device).to(f0.dtype)).flatten(2).transpose(1, 2)
+        y = (f1 + sine_position_encoding(c, h1, w1, f1.device).to(f1.dtype)).flatten(2).transpose(1, 2)
+        for sa, ca in zip(self.self_blocks, self.cross_blocks, strict=True):
+            x, y = sa(x, x), sa(y, y)
+            x, y = ca(x, y), ca(y, x)
+        x, y = self.norm(x).float(), self.norm(y).float()
+        with torch.autocast(device_type=f0.device.type, enabled=False):
+            sim = torch.einsum("bnc,bmc->bnm", x, y) / (c * self.temperature)
+            log_row = sim.log_softmax(dim=2)
+            log_p = log_row + sim.log_softmax(dim=1)
+            best = log_p.argmax(dim=2)  # (b, n)
+            # 3 x 3 neighbourhood of the best cell in image 1 (clamped at the borders)
+            by, bx = best // w1, best % w1
+            d = torch.arange(-1, 2, device=f0.device)
+            ny = (by[..., None, None] + d[:, None]).clamp(0, h1 - 1).expand(-1, -1, 3, 3)
+            nx = (bx[..., None, None] + d[None, :]).clamp(0, w1 - 1).expand(-1, -1, 3, 3)
+            idx = (ny * w1 + nx).reshape(b, h0 * w0, 9)
+            weights = torch.gather(log_row, 2, idx).softmax(dim=2)
+            cx = (2 * nx.reshape(b, -1, 9).float() + 1) / w1 - 1
+            cy = (2 * ny.reshape(b, -1, 9).float() + 1) / h1 - 1
+            warp = torch.stack(((weights * cx).sum(-1), (weights * cy).sum(-1)), dim=1).reshape(b, 2, h0, w0)
+            p_max = log_p.gather(2, best[..., None])[..., 0].exp().clamp(1e-4, 1 - 1e-4)
+            certainty = torch.logit(p_max).reshape(b, 1, h0, w0)
+        return warp, certainty, log_p
 
 
 def _refiner_specs(arch) -> dict[str, dict]:
@@ -362,6 +482,8 @@ def _refiner_specs(arch) -> dict[str, dict]:
     width equals the input width (depth-wise stack), as in RoMa's ``roma_model()``."""
     specs = {}
     for s, proj, emb, r in zip(Decoder.scales, arch.proj_dims, arch.disp_emb_dims, arch.corr_radii, strict=True):
+        if s not in arch.scales:
+            continue
         in_dim = 2 * proj + emb + ((2 * r + 1) ** 2 if r else 0)
         specs[s] = dict(
             in_dim=in_dim, hidden_dim=in_dim, displacement_emb_dim=emb, local_corr_radius=r or None,
@@ -371,7 +493,8 @@ def _refiner_specs(arch) -> dict[str, dict]:
 
 
 class Decoder(nn.Module):
-    """Coarse-to-fine decoder over scales 16, 8, 4, 2, 1 (RoMa's ``Decoder``).
+    """Coarse-to-fine decoder over scales 16, 8, 4, 2, 1 (RoMa's ``Decoder``), or 8, 4, 2, 1
+    with the dual-softmax coarse matcher (``arch.coarse_matcher``).
 
     Args:
         vit_dim: channels of the coarse (key 16) features (1024 for ViT-L/14).
@@ -392,7 +515,9 @@ class Decoder(nn.Module):
         return_gm: also return, at scale 16, the coarse matcher's anchor logits
             ``"gm_cls"`` (B, R*R, H16, W16) and its certainty logits before refinement
             ``"gm_certainty"`` (B, 1, H16, W16) (RoMa's training outputs ``gm_cls`` /
-            ``gm_certainty``); the other outputs are the same with or without them.
+            ``gm_certainty``); with the dual-softmax matcher, at scale 8, ``"ds_log_p"``
+            (B, H8*W8, H8*W8) and ``"gm_certainty"`` (:class:`DualSoftmaxMatcher`). The
+            other outputs are the same with or without them.
         detach: cut the gradient between scales (RoMa trains with ``detach=True``: each
             refiner learns from its own loss only); no effect on the numbers.
     Returns:
@@ -406,16 +531,23 @@ class Decoder(nn.Module):
         from ..config import ARCH_PRESETS
 
         arch = arch or ARCH_PRESETS["roma"]
+        self.scales = arch.scales
         gp_dim, feat_dim = arch.gp_dim, arch.proj_dims[0]
-        self.embedding_decoder = CoordinateClassifier(
-            gp_dim + feat_dim, depth=arch.cls_depth, num_heads=arch.cls_heads, res=arch.anchor_res
-        )
-        self.gps = nn.ModuleDict({"16": GPMatcher(gp_dim, T=0.2, solve=gp_solve)})
+        if arch.coarse_matcher == "gp":
+            self.embedding_decoder = CoordinateClassifier(
+                gp_dim + feat_dim, depth=arch.cls_depth, num_heads=arch.cls_heads, res=arch.anchor_res
+            )
+            self.gps = nn.ModuleDict({"16": GPMatcher(gp_dim, T=0.2, solve=gp_solve)})
+        else:
+            self.dual_softmax = DualSoftmaxMatcher(
+                arch.proj_dims[1], depth=arch.ds_depth, num_heads=arch.ds_heads, temperature=arch.ds_temperature
+            )
         in_dims = (vit_dim, *reversed(arch.cnn_channels))  # scales 16, 8, 4, 2, 1
         self.proj = nn.ModuleDict(
             {
                 s: nn.Sequential(nn.Conv2d(i, o, 1, 1), nn.BatchNorm2d(o))
-                for s, i, o in zip(self.scales, in_dims, arch.proj_dims, strict=True)
+                for s, i, o in zip(Decoder.scales, in_dims, arch.proj_dims, strict=True)
+                if s in self.scales
             }
         )
         self.conv_refiner = nn.ModuleDict({s: ConvRefiner(**spec) for s, spec in _refiner_specs(arch).items()})
@@ -423,7 +555,9 @@ class Decoder(nn.Module):
 
     def forward(self, f0: dict, f1: dict, scale_factor: float = 1.0, init=None, tile_bytes: float | None = None,
                 return_gm: bool = False, detach: bool = True) -> dict:  # fmt: skip
-        scales = self.scales if init is None else self.scales[1:]
+        # the upsampling pass (init) starts at scale 8: below the GP's 16, or at the
+        # dual-softmax matcher's own scale without matching again
+        scales = self.scales if init is None else tuple(s for s in self.scales if s != "16")
         sizes = {s: f0[s].shape[-2:] for s in f0}
         h, w = sizes[1]
         b = f0[1].shape[0]
@@ -444,12 +578,17 @@ class Decoder(nn.Module):
             else:
                 c = self.proj[s](f1[ins].float())
             gm = {}
-            if s in self.gps:
-                posterior = self.gps[s](a, c)
-                logits, certainty = self.embedding_decoder(posterior, a)
-                flow = anchors_to_warp(logits)
-                if return_gm:
-                    gm = {"gm_cls": logits, "gm_certainty": certainty}
+            if init is None and s == self.scales[0]:
+                if s == "16":
+                    posterior = self.gps[s](a, c)
+                    logits, certainty = self.embedding_decoder(posterior, a)
+                    flow = anchors_to_warp(logits)
+                    if return_gm:
+                        gm = {"gm_cls": logits, "gm_certainty": certainty}
+                else:
+                    flow, certainty, log_p = self.dual_softmax(a, c)
+                    if return_gm:
+                        gm = {"ds_log_p": log_p, "gm_certainty": certainty}
             delta, delta_cert = self.conv_refiner[s](a, c, flow, scale_factor=scale_factor, tile_bytes=tile_bytes)
             displacement = ins * torch.stack(
                 (delta[:, 0].float() / (self.refine_init * w), delta[:, 1].float() / (self.refine_init * h)),

@@ -211,7 +211,7 @@ class Encoder(nn.Module):
             module ``coarse``.
 
     ``forward(x, with_vit=True)`` returns ``{1, 2, 4, 8: CNN features, 16: coarse
-    features}``; with ``with_vit=False`` (the high-resolution upsampling pass) only
+    features}`` (no key 16 for ``arch.coarse == "none"``); with ``with_vit=False`` (the high-resolution upsampling pass) only
     the CNN levels. As in RoMa a DINOv2 ViT runs without gradients; the small
     coarse modules (``cnn``/``vit``) are trained with the rest.
     """
@@ -232,6 +232,8 @@ class Encoder(nn.Module):
         elif arch.coarse == "cnn":
             self.coarse = CoarseCNN(arch.cnn_channels[3], arch.coarse_dim, arch.coarse_convs)
             self.coarse_dim = arch.coarse_dim
+        elif arch.coarse == "none":  # the dual-softmax matcher works on the stride-8 level
+            self.coarse_dim = arch.cnn_channels[3]
         else:
             self.coarse = SmallViT(arch.coarse_dim, arch.vit_depth, arch.vit_heads)
             self.coarse_dim = arch.coarse_dim
@@ -245,6 +247,6 @@ class Encoder(nn.Module):
                     feats[16] = self.dinov2(x)
             elif self.coarse_kind == "cnn":
                 feats[16] = self.coarse(feats[8])
-            else:
+            elif self.coarse_kind == "vit":
                 feats[16] = self.coarse(x)
         return feats

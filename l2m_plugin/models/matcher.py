@@ -95,7 +95,7 @@ class L2M(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.decoder.embedding_decoder.to_out.weight.device
+        return next(self.decoder.parameters()).device
 
     # ------------------------------------------------------------------ forward
     def preprocess(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -303,7 +303,7 @@ class L2M(nn.Module):
                 del cat
         flow, logit = final["flow"].float(), final["certainty"].float()
         if cfg.attenuate_cert:
-            low = F.interpolate(corr[16]["certainty"].float(), size=flow.shape[-2:], mode="bilinear", align_corners=False)
+            low = F.interpolate(corr[max(corr)]["certainty"].float(), size=flow.shape[-2:], mode="bilinear", align_corners=False)
             logit = logit - 0.5 * low * (low < 0)
         certainty = logit[:, 0].sigmoid()
         warp = flow.permute(0, 2, 3, 1)

@@ -183,7 +183,8 @@ class DensePairMatcher:
             raise ValueError("retrieval pairs need an L2M encoder (the matcher has no encode())")
         out = []
         for name in names:
-            f = self.features(name)["coarse"][16].float()
+            coarse = self.features(name)["coarse"]
+            f = coarse[max(coarse)].float()  # 16 (DINOv2), or 8 for a network without stride-16 features
             d = f.clamp(min=1e-6).pow(3).mean(dim=(-2, -1)).pow(1 / 3)[0]
             out.append(torch.nn.functional.normalize(d, dim=0).cpu().numpy())
         return np.stack(out)

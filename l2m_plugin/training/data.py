@@ -50,6 +50,8 @@ from ..synthesis.dataset import VERSION as _GENERATOR_VERSION
 __all__ = [
     "DataError",
     "SynthPairs",
+    "HomographyPairs",
+    "ConcatPairs",
     "MegaDepthPairs",
     "StepSampler",
     "resize_pair_geometry",
@@ -282,6 +284,119 @@ class SynthPairs(_PairDataset):
         }
         item = resize_pair_geometry(item, self.size)
         item["id"] = str(rec["id"])
+        return item
+
+
+class HomographyPairs(_PairDataset):
+    """Planar pairs made on the fly: two random homographic views of one photo
+    (:func:`l2m_plugin.synthesis.homography.random_homography_pair`), with exact warps.
+
+    They add what the 3D pairs of ``l2m synth`` lack: scale changes up to 2x, in-plane
+    rotation and strong photometric change (issue #14 of this project; SuperPoint's
+    homographic adaptation). Item ``i`` uses photo ``i % len(photos)``; the homography
+    is drawn from the sampler's key, so every pass over the data sees new pairs.
+
+    Args:
+        images: folder of photos (listed as ``l2m synth`` lists them).
+        size: training (height, width).
+        split: "train" (default), "heldout" or "all": the ``l2m synth --split`` rule, so
+            training never sees the held-out photos of the benchmarks.
+        length: items per pass (default: one per photo).
+        config: :class:`~l2m_plugin.synthesis.homography.HomographyConfig`.
+        max_side: photos are shrunk (area) so that their shorter side is at most this
+            (speed; views are at most ``size``).
+        hflip, seed: as :class:`SynthPairs`.
+    Items: the module docstring's keys. ``K0``, ``K1`` and ``T_0to1`` are NaN (a
+    homography pair has no camera); ``H_0to1`` (3, 3) float64 maps image 0's COLMAP
+    pixels to image 1's.
+    Raises:
+        DataError: no photo in ``images`` for that split.
+    """
+
+    def __init__(self, images, size=(256, 256), *, split: str = "train", length: int | None = None,
+                 config=None, max_side: int = 512, hflip: float = 0.0, seed: int = 0, holdout_every: int = 10):  # fmt: skip
+        super().__init__(size, hflip, seed)
+        from ..synthesis.dataset import list_source_images, split_images
+        from ..synthesis.homography import HomographyConfig
+
+        self.images = Path(images)
+        try:
+            names = split_images(list_source_images(self.images), split, holdout_every)
+        except FileNotFoundError as exc:
+            raise DataError(f"data.homography.images: {exc}") from exc
+        if not names:
+            raise DataError(f"{self.images} has no photo in split {split!r}")
+        self.names = names
+        self.length = int(length) if length else len(names)
+        self.config = config or HomographyConfig()
+        self.max_side = int(max_side)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key) -> dict:
+        index, aug_seed = _key(key)
+        if not 0 <= index < len(self):
+            raise IndexError(f"pair index {index} out of range [0, {len(self)})")
+        rng = np.random.default_rng([self.seed, 7, index] if aug_seed is None else [self.seed, 7, aug_seed])
+        item = self._make(index % len(self.names), rng)
+        if self.hflip and rng.random() < self.hflip:
+            item = hflip_item(item)
+        return item
+
+    def _photo(self, name: str) -> np.ndarray:
+        from PIL import Image
+
+        path = self.images / name
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                s = self.max_side / min(im.size)
+                if s < 1:
+                    im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.BOX)
+                return np.asarray(im)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc})") from exc
+
+    def _make(self, photo_index: int, rng: np.random.Generator) -> dict:
+        from ..synthesis.homography import homography_warp, random_homography_pair
+
+        pair = random_homography_pair(self._photo(self.names[photo_index]), self.size, rng, self.config)
+        H = pair.H_0to1
+        w0, v0 = homography_warp(H, self.size, self.size)
+        w1, v1 = homography_warp(np.linalg.inv(H), self.size, self.size)
+        nan3 = torch.full((3, 3), float("nan"), dtype=torch.float64)
+        return {
+            "image0": torch.from_numpy(pair.image0).permute(2, 0, 1).float() / 255,
+            "image1": torch.from_numpy(pair.image1).permute(2, 0, 1).float() / 255,
+            "warp0": torch.from_numpy(w0), "warp1": torch.from_numpy(w1),
+            "valid0": torch.from_numpy(v0), "valid1": torch.from_numpy(v1),
+            "K0": nan3, "K1": nan3.clone(), "T_0to1": torch.full((4, 4), float("nan"), dtype=torch.float64),
+            "H_0to1": torch.from_numpy(H),
+            "id": f"homography:{self.names[photo_index]}",
+        }  # fmt: skip
+
+
+class ConcatPairs(torch.utils.data.Dataset):
+    """Several pair data sets as one (items keep their own keys; :class:`StepSampler`'s
+    ``(index, position)`` keys are passed through, so augmentation stays reproducible).
+    Only the keys every data set has are returned (``H_0to1`` is dropped when mixed)."""
+
+    def __init__(self, datasets):
+        self.datasets = list(datasets)
+        self.offsets = np.cumsum([0] + [len(d) for d in self.datasets])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, key) -> dict:
+        index, aug = _key(key)
+        if not 0 <= index < len(self):
+            raise IndexError(f"pair index {index} out of range [0, {len(self)})")
+        k = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        local = index - int(self.offsets[k])
+        item = self.datasets[k][local if aug is None else (local, aug)]
+        item.pop("H_0to1", None)
         return item
 
 

@@ -19,6 +19,11 @@ on the s-strided grid of image 0:
 * scale 16 (the coarse matcher): cross-entropy of the anchor logits ``gm_cls`` against
   the anchor nearest to the ground truth (the R x R cell containing it) where
   ``prob``, plus ``ce_weight`` times the BCE of ``gm_certainty``;
+* scale 8 of the dual-softmax matcher (``arch.coarse_matcher == "dual_softmax"``, not in
+  RoMa): the negative log of the dual-softmax assignment at the image-1 cell that contains
+  the ground truth (LoFTR's coarse loss, Sun et al. CVPR 2021 Eq. 4, without the focal
+  term), over valid pixels whose match lies inside image 1, times ``coarse_weight``; plus
+  ``ce_weight`` times the BCE of ``gm_certainty``;
 * every scale: robust regression of the refined warp where ``prob``: a generalised
   Charbonnier of the end-point error ``x`` (normalised units),
   ``cs**a * ((x / cs)**2 + 1)**(a / 2)`` with ``cs = c * s``; here minus its value at
@@ -40,7 +45,7 @@ import torch.nn.functional as F
 
 from ..coords import normalized_grid
 
-__all__ = ["LossConfig", "RobustLoss", "gt_at_scale", "anchor_targets", "charbonnier"]
+__all__ = ["LossConfig", "RobustLoss", "gt_at_scale", "anchor_targets", "cell_targets", "charbonnier"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class LossConfig:
         local_largest_scale: locality applies at scales <= this.
         scale_weights: ``{scale: weight}``.
         valid_thresh: a pixel counts where ``prob`` > this (RoMa: 0.99).
+        coarse_weight: weight of the dual-softmax matcher's assignment loss.
     """
 
     ce_weight: float = 0.01
@@ -64,6 +70,7 @@ class LossConfig:
     local_largest_scale: int = 8
     scale_weights: dict = field(default_factory=lambda: {16: 1.0, 8: 1.0, 4: 1.0, 2: 1.0, 1: 1.0})
     valid_thresh: float = 0.99
+    coarse_weight: float = 1.0
 
     @classmethod
     def from_dict(cls, d: dict) -> LossConfig:
@@ -125,6 +132,20 @@ def anchor_targets(warp: torch.Tensor, res: int) -> torch.Tensor:
     """
     cell = ((warp + 1) * (res / 2)).floor().clamp(0, res - 1).long()
     return cell[..., 1] * res + cell[..., 0]
+
+
+def cell_targets(warp: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Row-major index of the cell of an h x w grid over image 1 that contains each warp.
+
+    Args:
+        warp: (..., 2) normalised (x, y); points outside [-1, 1] are clamped to the border cells.
+        h, w: the grid (the dual-softmax matcher's image-1 cells).
+    Returns:
+        (...) int64 indices in [0, h*w).
+    """
+    cx = ((warp[..., 0] + 1) * (w / 2)).floor().clamp(0, w - 1).long()
+    cy = ((warp[..., 1] + 1) * (h / 2)).floor().clamp(0, h - 1).long()
+    return cy * w + cx
 
 
 def charbonnier(x: torch.Tensor, scale: int, alpha: float, c: float) -> torch.Tensor:
@@ -189,6 +210,16 @@ class RobustLoss(nn.Module):
                 gm_cert = F.binary_cross_entropy_with_logits(o["gm_certainty"].float()[:, 0], prob)
                 total = total + weight * (cls_loss + cfg.ce_weight * gm_cert)
                 stats[f"gm_cls_{scale}"] = float(cls_loss.detach())
+                stats[f"gm_certainty_{scale}"] = float(gm_cert.detach())
+            if "ds_log_p" in o:
+                log_p = o["ds_log_p"].float()
+                target = cell_targets(x2, h, w).flatten(1)  # image 1 has image 0's training size
+                inside = ok & (x2.abs() < 1).all(dim=-1)
+                nll = -log_p.gather(2, target[..., None])[..., 0][inside.flatten(1)]
+                ds_loss = nll.mean() if nll.numel() else log_p.sum() * 0.0
+                gm_cert = F.binary_cross_entropy_with_logits(o["gm_certainty"].float()[:, 0], prob)
+                total = total + weight * (cfg.coarse_weight * ds_loss + cfg.ce_weight * gm_cert)
+                stats[f"ds_nll_{scale}"] = float(ds_loss.detach())
                 stats[f"gm_certainty_{scale}"] = float(gm_cert.detach())
             reg = charbonnier(epe[mask], scale, self._alpha(scale), cfg.c)
             reg_loss = reg.mean() if reg.numel() else flow.sum() * 0.0

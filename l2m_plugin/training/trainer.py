@@ -66,9 +66,18 @@ DEFAULT_CONF: dict[str, Any] = {
         "max_overlap": 1.0,
         "max_pairs_per_scene": None,
         "rel_depth_tol": 0.05,
+        "homography": {             # planar pairs made on the fly, mixed into the synth pairs
+            "images": None,         # a folder of photos (None: no homography pairs)
+            "share": 0.0,           # fraction of the mixed data set's items
+            "split": "train",       # the l2m synth --split rule: never the held-out photos
+            "scale": [0.5, 2.0],    # HomographyConfig ranges
+            "rotation_deg": 30.0,
+            "perspective": 0.1,
+        },
     },
     "loss": {"ce_weight": 0.01, "alpha": 0.5, "c": 1.0e-4, "local_dist": {1: 4.0, 2: 4.0, 4: 8.0, 8: 8.0},
-             "local_largest_scale": 8, "scale_weights": {16: 1.0, 8: 1.0, 4: 1.0, 2: 1.0, 1: 1.0}},
+             "local_largest_scale": 8, "scale_weights": {16: 1.0, 8: 1.0, 4: 1.0, 2: 1.0, 1: 1.0},
+             "coarse_weight": 1.0},
     "train": {
         "out": "???",
         "steps": 1000,
@@ -253,8 +262,10 @@ def build_model(conf) -> nn.Module:
 
 
 def build_dataset(conf, seed: int):
-    """The training data set of ``conf.data`` (:class:`SynthPairs` or :class:`MegaDepthPairs`)."""
-    from .data import MegaDepthPairs, SynthPairs
+    """The training data set of ``conf.data`` (:class:`SynthPairs` or :class:`MegaDepthPairs`),
+    with :class:`HomographyPairs` mixed in when ``data.homography.images`` is set: they make
+    up ``data.homography.share`` of the items (:class:`ConcatPairs`)."""
+    from .data import ConcatPairs, HomographyPairs, MegaDepthPairs, SynthPairs
 
     d = conf.data
     size = tuple(d.size) if not isinstance(d.size, int) else (d.size, d.size)
@@ -262,7 +273,18 @@ def build_dataset(conf, seed: int):
         from omegaconf import OmegaConf
 
         root = [str(r) for r in d.root] if OmegaConf.is_list(d.root) else d.root
-        return SynthPairs(root, size, hflip=d.hflip, seed=seed)
+        base = SynthPairs(root, size, hflip=d.hflip, seed=seed)
+        hom = d.get("homography") or {}
+        if not hom.get("images") or not float(hom.get("share", 0.0)) > 0:
+            return base
+        share = float(hom.share)
+        if not share < 1:
+            raise TrainConfigError(f"data.homography.share must be in [0, 1), got {share}")
+        from ..synthesis.homography import HomographyConfig
+
+        hconf = HomographyConfig(scale=tuple(hom.scale), rotation_deg=float(hom.rotation_deg), perspective=float(hom.perspective))
+        n = max(1, round(len(base) * share / (1 - share)))
+        return ConcatPairs([base, HomographyPairs(hom.images, size, split=hom.split, length=n, config=hconf, hflip=d.hflip, seed=seed)])
     scene_info = d.scene_info if d.scene_info is not None else Path(d.root) / "prep_scene_info"
     if not isinstance(scene_info, (str, Path)):
         scene_info = list(scene_info)

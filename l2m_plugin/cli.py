@@ -48,12 +48,41 @@ def _res(value: str) -> int | tuple[int, int] | None:
     return int(value)
 
 
+def _preset_yaml(name: str) -> str | None:
+    """``configs/matcher/<name>.yaml`` of a preset in this checkout (None when absent)."""
+    path = Path(__file__).resolve().parents[1] / "configs" / "matcher" / f"{name.replace('-', '_')}.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _arch_mismatch_message(exc, args: argparse.Namespace) -> str:
+    """An ArchitectureMismatchError in terms of the flags: three lines, what to pass instead."""
+    source = f"--config {args.config}" if args.config else f"--preset {args.preset}"
+    fixes = []
+    if exc.presets:
+        yaml = _preset_yaml(exc.presets[0])
+        fixes.append(f"--preset {exc.presets[0]}" + (f" (= --config {yaml})" if yaml else ""))
+    fixes.append("no --config/--preset (the weights' own config)")
+    lines = [
+        f"{source} is for arch {exc.config_arch}, but the weights {exc.weights!r} are arch "
+        f"{exc.weights_arch}; nothing of the config was applied.",
+        "  instead: " + " or ".join(fixes),
+    ]
+    if exc.weights_for_config:
+        lines.append(f"  or, for arch {exc.config_arch}: --weights {' / '.join(exc.weights_for_config)}")
+    return "\n".join(lines)
+
+
 def _load_model(args: argparse.Namespace, progress: _Progress, prog: str):
     """The L2M model the matcher flags ask for, or None after printing the error."""
     import torch
 
-    from .config import PRESETS, MatcherConfig
-    from .weights import DEFAULT_WEIGHTS, WeightsError, load_matcher
+    from .config import resolve_config
+    from .weights import DEFAULT_WEIGHTS, ArchitectureMismatchError, WeightsError, load_matcher
 
     overrides = {}
     if args.coarse_res is not None:
@@ -62,13 +91,11 @@ def _load_model(args: argparse.Namespace, progress: _Progress, prog: str):
         overrides["upsample_res"] = _res(args.upsample_res)
     if args.dtype:
         overrides["dtype"] = args.dtype
-    config = PRESETS[args.preset] if args.preset else None
-    if args.config:
-        try:
-            config = MatcherConfig.from_yaml(args.config)
-        except (OSError, ValueError) as exc:
-            print(f"{prog}: error: {exc}", file=sys.stderr)
-            return None
+    try:
+        config = resolve_config(args.preset, args.config)
+    except (OSError, ValueError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return None
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.weights is None:
@@ -79,12 +106,15 @@ def _load_model(args: argparse.Namespace, progress: _Progress, prog: str):
     progress(f"loading weights {args.weights!r}" + (f" + encoder {args.encoder_weights!r}" if args.encoder_weights else ""))
     try:
         model = load_matcher(args.weights, config=config, encoder_weights=args.encoder_weights, device=args.device, **overrides)
+    except ArchitectureMismatchError as exc:
+        print(f"{prog}: error: {_arch_mismatch_message(exc, args)}", file=sys.stderr)
+        return None
     except (WeightsError, ValueError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return None
     cfg = model.config
     progress(
-        f"model: {model.weights_name} (encoder {cfg.encoder}, coarse {cfg.coarse_res}, "
+        f"model: {model.weights_name} (arch {cfg.arch_name}, coarse {cfg.coarse_res}, "
         f"upsample {cfg.upsample_res}, dtype {cfg.dtype}, device {args.device})"
     )
     return model
@@ -461,8 +491,18 @@ def _add_matcher_flags(p: argparse.ArgumentParser, sfm: bool = False) -> None:
                    help="registry name (see `l2m weights`) or checkpoint path; default: l2m-tiny, shipped with "
                         "the package (works offline; l2mpp-v2 is the authors' L2M++, downloaded once)")  # fmt: skip
     p.add_argument("--encoder-weights", default=None, help="ViT weights for official-layout matchers (name or path)")
-    p.add_argument("--preset", default=None, choices=["l2m", "l2m-fork-defaults", "romatch"], help="config preset")
-    p.add_argument("--config", default=None, help="matcher config YAML (e.g. configs/matcher/l2m.yaml); flags below override it")
+    from .config import PRESETS
+
+    by_arch: dict[str, list[str]] = {}
+    for name, conf in PRESETS.items():
+        by_arch.setdefault(conf.arch_name, []).append(name)
+    p.add_argument("--preset", default=None, choices=list(PRESETS), metavar="NAME",
+                   help="inference config (l2m_plugin.PRESETS), for weights of its arch: "
+                        + "; ".join(f"arch {a}: {', '.join(n)}" for a, n in by_arch.items())
+                        + ". Default: the config stored with / named by the weights")  # fmt: skip
+    p.add_argument("--config", default=None,
+                   help="matcher config YAML instead of --preset (configs/matcher/*.yaml; its arch must be the "
+                        "weights'); the flags below override it")  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--coarse-res", default=None, help="e.g. 560 or 560x784 (multiples of 14)")
     p.add_argument("--upsample-res", default=None, help="e.g. 864, 864x1152 or 0 for none (multiples of 8)")

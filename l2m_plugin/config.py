@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ArchConfig", "ARCH_PRESETS", "MatcherConfig", "PRESETS"]
+__all__ = ["ArchConfig", "ARCH_PRESETS", "MatcherConfig", "PRESETS", "resolve_config"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -292,6 +292,21 @@ class MatcherConfig:
         return ARCH_PRESETS[self.arch] if isinstance(self.arch, str) else self.arch
 
     @property
+    def arch_name(self) -> str:
+        """The network in words: its :data:`ARCH_PRESETS` name (else ``"custom"``), with the
+        ViT size when the coarse features come from DINOv2: ``"roma/vitl14"``, ``"tiny"``."""
+        arch = self.arch_config
+        name = next((n for n, a in ARCH_PRESETS.items() if a == arch), "custom")
+        return f"{name}/{self.encoder}" if arch.coarse == "dinov2" else name
+
+    def same_network(self, other: MatcherConfig) -> bool:
+        """Whether weights made for ``other`` fit the network this config builds: same
+        :class:`ArchConfig` and, for DINOv2 coarse features, the same ViT size. Inference
+        settings (resolution, normalisation, ...) may differ."""
+        a, b = self.arch_config, other.arch_config
+        return a == b and (a.coarse != "dinov2" or self.encoder == other.encoder)
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         return _DTYPES[self.dtype]
 
@@ -346,14 +361,44 @@ class MatcherConfig:
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
-#: Named presets. ``l2m`` is what the authors' ZEB harness runs; ``romatch`` is
-#: RoMa's ``roma_outdoor`` (romatch 0.1.2) and ``l2m-fork-defaults`` the
-#: ``l2mpp_model()`` constructor defaults (672 / 1344). ``tiny`` is the small
-#: architecture as ``configs/train/stage2_tiny.yaml`` trains it (ImageNet-normalised
-#: input, no upsampling pass); its weights come from ``l2m train stage2``.
+#: Named presets: inference settings *and* the architecture they were written for (a
+#: preset only fits weights of its architecture; :func:`l2m_plugin.weights.load_matcher`
+#: refuses the others with a short message). Architecture ``roma`` (the released network):
+#: ``l2m`` is what the authors' ZEB harness runs; ``romatch`` is RoMa's ``roma_outdoor``
+#: (romatch 0.1.2) and ``l2m-fork-defaults`` the ``l2mpp_model()`` constructor defaults
+#: (672 / 1344). Architecture ``tiny``: ``l2m-tiny`` is the config stored in the shipped
+#: ``l2m_plugin/assets/l2m_tiny.pth`` (= ``configs/matcher/l2m_tiny.yaml``;
+#: ``tests/test_config.py`` fails if the three disagree, so after retraining update the
+#: YAML and this entry); ``tiny`` is the same network at 320 px (random-weight tests and
+#: benchmarks). The YAML files in ``configs/matcher/`` equal the presets of the same name.
 PRESETS: dict[str, MatcherConfig] = {
     "l2m": MatcherConfig(),
     "l2m-fork-defaults": MatcherConfig(coarse_res=672, upsample_res=1344),
     "romatch": MatcherConfig(normalize=True, displacement_scale="romatch", gp_solve="cholesky"),
+    "l2m-tiny": MatcherConfig(arch="tiny", coarse_res=256, upsample_res=None, normalize=True, gp_solve="cholesky"),
     "tiny": MatcherConfig(arch="tiny", coarse_res=320, upsample_res=None, normalize=True, gp_solve="cholesky"),
 }
+
+
+def resolve_config(preset: str | None = None, config: Any = None) -> MatcherConfig | None:
+    """The :class:`MatcherConfig` an entry point was given, or None (then the weights' own).
+
+    Args:
+        preset: a name in :data:`PRESETS`.
+        config: a :class:`MatcherConfig`, a dict of its fields, or the path of a YAML file
+            (``configs/matcher/*.yaml``). At most one of ``preset`` and ``config``.
+    Raises:
+        ValueError: unknown preset, both given, or an invalid config (the message names
+            the file). OSError: unreadable YAML file.
+    """
+    if preset is not None and config is not None:
+        raise ValueError(f"give a preset ({preset!r}) or a config, not both")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        return PRESETS[preset]
+    if config is None or isinstance(config, MatcherConfig):
+        return config
+    if isinstance(config, dict):
+        return MatcherConfig.from_dict(config)
+    return MatcherConfig.from_yaml(config)

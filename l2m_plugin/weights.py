@@ -52,6 +52,7 @@ from .config import PRESETS, MatcherConfig
 __all__ = [
     "WeightsEntry",
     "WeightsError",
+    "ArchitectureMismatchError",
     "REGISTRY",
     "cache_path",
     "download",
@@ -80,6 +81,37 @@ _FORMAT = "l2m_plugin"
 
 class WeightsError(RuntimeError):
     """A checkpoint could not be found, downloaded, read or matched to the model."""
+
+
+class ArchitectureMismatchError(WeightsError):
+    """The config asks for another network than the one the weights are.
+
+    Attributes:
+        weights: the weights' label (registry name or file name).
+        weights_arch, config_arch: :attr:`MatcherConfig.arch_name` of each side.
+        presets: names in :data:`PRESETS` written for the weights' network.
+        weights_for_config: registry matchers of the config's network.
+    """
+
+    def __init__(self, weights: str, weights_config: MatcherConfig, config: MatcherConfig):
+        self.weights = weights
+        self.weights_arch, self.config_arch = weights_config.arch_name, config.arch_name
+        self.presets = sorted(
+            (n for n, p in PRESETS.items() if p.same_network(weights_config)),
+            key=lambda n: PRESETS[n] != weights_config,  # the weights' own config first
+        )
+        self.weights_for_config = [
+            e.name for e in REGISTRY.values()
+            if e.kind == "matcher" and e.preset and PRESETS[e.preset].same_network(config)
+        ]  # fmt: skip
+        fix = f"preset {' / '.join(self.presets)}, or " if self.presets else ""
+        other = f"; or weights of arch {self.config_arch}: {', '.join(self.weights_for_config)}" if self.weights_for_config else ""
+        super().__init__(
+            f"weights {weights!r} are arch {self.weights_arch} but the config is for arch "
+            f"{self.config_arch} (its resolution and normalisation were chosen for that network; "
+            f"nothing of it was applied).\nUse a config for arch {self.weights_arch}: {fix}no config "
+            f"(the weights' own){other}."
+        )
 
 
 @dataclass(frozen=True)
@@ -117,7 +149,7 @@ REGISTRY: dict[str, WeightsEntry] = {
     e.name: e
     for e in (
         WeightsEntry(
-            "l2m-tiny", "matcher", "", "l2m_tiny.pth", packaged="assets/l2m_tiny.pth",
+            "l2m-tiny", "matcher", "", "l2m_tiny.pth", packaged="assets/l2m_tiny.pth", preset="l2m-tiny",
             sha256="f8d2fed86d2cd3a4e2e251d638fe4fd8b362dd34c95e29bb0245b2cb4423b00e", size=15588225,
             source="trained by l2m-plugin: configs/train/stage2_tiny.yaml on l2m synth pairs from "
             "../shared/data/single_view (README, l2m-tiny)",
@@ -424,6 +456,11 @@ def load_matcher(
             :data:`DEFAULT_WEIGHTS` (``l2m-tiny``, shipped with the package).
         config: matcher config; default: the one saved in an ``l2m_plugin``
             checkpoint, else the registry entry's preset, else ``PRESETS["l2m"]``.
+            A config carries an architecture (``arch``, and ``encoder`` for DINOv2
+            networks): when the weights' own architecture is known (saved config or
+            registry preset) and differs, nothing of the config is applied and
+            :class:`ArchitectureMismatchError` names the presets that fit (checked
+            before any download).
         encoder_weights: ViT weights for official-layout matchers (which do not
             contain the ViT): registry name, path or state dict. Default: the
             registry entry's encoder (``dinov2l-distilled`` for L2M++).
@@ -435,12 +472,19 @@ def load_matcher(
     Raises:
         WeightsError: see :func:`download`, :func:`read_checkpoint` and the strict
             key check (all missing / unexpected / mis-shaped keys are listed).
+        ArchitectureMismatchError: ``config`` (after ``overrides``) is for another
+            architecture than the weights' known one.
     """
     from .models.matcher import L2M
 
     entry = REGISTRY.get(weights) if isinstance(weights, str) else None
     if entry is not None and entry.kind != "matcher":
         raise WeightsError(f"{weights!r} is a ViT encoder checkpoint, not a matcher; pass it as encoder_weights=.")
+    known = PRESETS[entry.preset] if entry is not None and entry.preset else None
+    if known is not None and (config is not None or overrides):  # before any download
+        wanted = (config or known).replace(**overrides)
+        if not wanted.same_network(known):
+            raise ArchitectureMismatchError(weights, known, wanted)
     saved_config = None
     if isinstance(weights, Mapping):
         obj, what, label = weights, "<state dict>", "state-dict"
@@ -456,6 +500,8 @@ def load_matcher(
         config = saved_config or PRESETS[entry.preset if entry is not None and entry.preset else "l2m"]
     if overrides:
         config = config.replace(**overrides)
+    if saved_config is not None and not config.same_network(saved_config):
+        raise ArchitectureMismatchError(str(label), saved_config, config)
     uses_dinov2 = config.arch_config.coarse == "dinov2"
     if encoder_weights is None and uses_dinov2 and not _has_encoder(sd):  # official layout: the ViT is a second file
         encoder_weights = entry.encoder if entry is not None else REGISTRY["l2mpp-v2"].encoder

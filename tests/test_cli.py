@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
 from PIL import Image
 
 from .conftest import shared_pair
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_l2m(*args, env=None, timeout=600):
@@ -71,3 +74,49 @@ def test_missing_image_and_truncated_checkpoint(tmp_path, official_checkpoint):
         trunc.write_bytes(f.read(1 << 20))
     r = run_l2m("match", a, a, "--weights", trunc, "--encoder-weights", encoder, "--out", tmp_path)
     assert r.returncode == 2 and "trunc.ckpt" in r.stderr and "truncated" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_config_for_another_architecture_is_a_short_error_naming_the_fix(tmp_path):
+    """`--config configs/matcher/romatch.yaml` (arch roma) with the default l2m-tiny (arch tiny):
+    exit 2 and three lines naming both architectures and what to pass, no key list."""
+    a, b = shared_pair()
+    env = {"L2M_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "hub")}
+    for flag in (["--config", ROOT / "configs" / "matcher" / "romatch.yaml"], ["--preset", "l2m"]):
+        r = run_l2m("match", a, b, *flag, "--out", tmp_path / "x", env=env)
+        assert r.returncode == 2 and not (tmp_path / "x").exists()
+        error = r.stderr[r.stderr.index("l2m match: error:"):].strip().splitlines()
+        assert len(error) <= 3 and sum(map(len, error)) < 500, r.stderr
+        assert f"{flag[0]} {flag[1]} is for arch roma/vitl14, but the weights 'l2m-tiny' are arch tiny" in error[0]
+        assert "--preset l2m-tiny (= --config " in error[1] and "l2m_tiny.yaml" in error[1]
+        assert "--weights l2mpp-v1 / l2mpp-v2 / roma-outdoor" in error[2]
+        assert "missing keys" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_l2m_tiny_config_and_preset_match_the_real_pair(tmp_path):
+    """configs/matcher/l2m_tiny.yaml and --preset l2m-tiny run end to end with the default
+    weights, and give what no config gives (the same config, so the same matches)."""
+    a, b = shared_pair()
+    env = {"L2M_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "hub")}
+    runs = {"config": ["--config", ROOT / "configs" / "matcher" / "l2m_tiny.yaml"], "preset": ["--preset", "l2m-tiny"], "none": []}
+    kpts = {}
+    for name, flags in runs.items():
+        r = run_l2m("match", a, b, *flags, "--out", tmp_path / name, "--num-matches", "300", env=env)
+        assert r.returncode == 0, r.stderr
+        assert "model: l2m-tiny (arch tiny, coarse (256, 256), upsample None" in r.stderr
+        with h5py.File(tmp_path / name / "matches.h5") as f:
+            kpts[name] = f["keypoints0"][()], f["keypoints1"][()]
+            assert kpts[name][0].shape == (300, 2) and '"arch": "tiny"' in f.attrs["config"]
+    for name in ("config", "preset"):
+        assert all(np.array_equal(x, y) for x, y in zip(kpts[name], kpts["none"], strict=True)), name
+
+
+def test_preset_choices_are_the_presets_table():
+    from l2m_plugin.cli import build_parser
+    from l2m_plugin.config import PRESETS
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    for cmd in ("match", "reconstruct", "match-pairs", "bench"):
+        action = next(a for a in sub[cmd]._actions if a.dest == "preset")
+        assert list(action.choices) == list(PRESETS) and "l2m-tiny" in action.choices
+        assert "arch tiny: l2m-tiny" in action.help

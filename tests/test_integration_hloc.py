@@ -213,6 +213,57 @@ def test_adapter_loads_weights_with_config_overrides(small_l2m, tmp_path):
         _hloc_model({"weights": str(path), "preset": "nope"})
 
 
+def test_adapter_presets_and_configs_with_l2m_tiny(monkeypatch):
+    """The default weights (l2m-tiny) with no preset, its preset or its YAML: the shipped
+    config; a preset / config of another architecture: a short ArchitectureMismatchError."""
+    from pathlib import Path
+
+    from l2m_plugin import PRESETS
+    from l2m_plugin.weights import ArchitectureMismatchError
+
+    monkeypatch.setenv("L2M_OFFLINE", "1")
+    root = Path(__file__).resolve().parents[1] / "configs" / "matcher"
+    for extra in ({}, {"preset": "l2m-tiny"}, {"config": str(root / "l2m_tiny.yaml")}):
+        net = _hloc_model(extra).net
+        assert net.weights_name == "l2m-tiny" and net.config == PRESETS["l2m-tiny"], extra
+    assert _hloc_model({"preset": "tiny", "coarse_res": 128}).net.config.coarse_res == (128, 128)
+    for extra in ({"preset": "romatch"}, {"config": str(root / "l2m.yaml")}):
+        with pytest.raises(ArchitectureMismatchError, match="are arch tiny but the config is for arch roma") as err:
+            _hloc_model(extra)
+        assert len(str(err.value).splitlines()) <= 3 and "preset l2m-tiny" in str(err.value)
+    with pytest.raises(ValueError, match="cannot be applied"):
+        _hloc_model({"matcher": object(), "preset": "l2m-tiny"})
+
+
+def test_readme_example_runs_offline_with_the_l2m_tiny_conf(tmp_path, monkeypatch):
+    """README "hloc": register, match_dense.main(confs["l2m-tiny"]), l2m_hloc.reconstruction,
+    on the real pair with downloads disabled and an empty torch hub cache."""
+    import shutil
+
+    from .conftest import shared_pair
+
+    a, b = shared_pair()
+    monkeypatch.setenv("L2M_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    images, outputs = tmp_path / "images", tmp_path / "outputs"
+    images.mkdir()
+    for src in (a, b):
+        shutil.copy(src, images / src.name)
+    pairs = outputs / "pairs.txt"
+    outputs.mkdir()
+    pairs_from_exhaustive.main(pairs, image_list=[a.name, b.name])
+
+    l2m_hloc.register()  # hloc.matchers.l2m + match_dense.confs["l2m"], ["l2m-tiny"], ["l2m-fast"]
+    features, matches = match_dense.main(match_dense.confs["l2m-tiny"], pairs, images, export_dir=outputs)
+    model = l2m_hloc.reconstruction(outputs / "sfm", images, pairs, features, matches)
+
+    assert not (tmp_path / "hub").exists()
+    with pycolmap.Database.open(outputs / "sfm" / "database.db") as db:
+        ids = {im.name: im.image_id for im in db.read_all_images()}
+        assert len(db.read_matches(ids[a.name], ids[b.name])) > 500
+    assert model is None or model.num_reg_images() <= 2
+
+
 def test_match_dense_and_reconstruction_with_the_network(small_l2m, scene, tmp_path):
     """The real network through hloc end to end (random weights: formats, not accuracy)."""
     import h5py

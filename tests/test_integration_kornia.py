@@ -215,6 +215,36 @@ def test_constructor_errors(dense):
         KorniaL2M(matcher=nn.Identity())
 
 
+def test_default_weights_with_presets_and_configs(monkeypatch, dense):
+    """``L2M()`` (l2m-tiny, offline), ``preset="l2m-tiny"`` and its YAML load the shipped model
+    with its config and match; a preset of another architecture is a short error."""
+    from pathlib import Path
+
+    from l2m_plugin import PRESETS
+    from l2m_plugin.weights import ArchitectureMismatchError
+
+    monkeypatch.setenv("L2M_OFFLINE", "1")
+    yaml = Path(__file__).resolve().parents[1] / "configs" / "matcher" / "l2m_tiny.yaml"
+    x0, x1 = _images(1, size0=(96, 128), size1=(120, 90))
+    outs = []
+    for kwargs in ({}, {"preset": "l2m-tiny"}, {"config": yaml}, {"config": PRESETS["l2m-tiny"]}):
+        m = KorniaL2M(num_matches=NUM, **kwargs)
+        assert m.matcher.weights_name == "l2m-tiny" and m.matcher.config == PRESETS["l2m-tiny"], kwargs
+        outs.append(m({"image0": x0, "image1": x1}))
+        assert _assert_contract(outs[-1]) == NUM
+    for out in outs[1:]:
+        for k in KEYS:
+            assert torch.equal(out[k], outs[0][k]), k
+    assert KorniaL2M(preset="tiny").matcher.config.coarse_res == (320, 320)  # same network, 320 px
+    with pytest.raises(ArchitectureMismatchError, match="are arch tiny but the config is for arch roma") as err:
+        KorniaL2M(preset="romatch")
+    assert len(str(err.value).splitlines()) <= 3 and "preset l2m-tiny" in str(err.value)
+    with pytest.raises(ValueError, match="not both"):
+        KorniaL2M(preset="l2m-tiny", config=yaml)
+    with pytest.raises(ValueError, match="preset"):
+        KorniaL2M(matcher=dense, preset="l2m-tiny")
+
+
 _SHAPE = r"\(B, 1, H, W\) or \(B, 3, H, W\)"
 
 

@@ -90,6 +90,38 @@ def test_v2_name_loads_the_v2_file_never_v1(hub_dir, official_checkpoint):
         W.load_matcher("l2mpp-v1")
 
 
+def test_config_of_another_architecture_is_a_short_error(hub_dir, monkeypatch, tmp_path):
+    """A preset / config / override written for another network than the weights' known one
+    is refused in a few lines naming both architectures and the fix (never a key dump), for the
+    packaged default, a registry name (before any download) and a checkpoint with a stored config."""
+    from l2m_plugin import PRESETS
+
+    monkeypatch.setenv(W.OFFLINE_ENV, "1")  # a download attempt would fail differently
+    cases = [
+        ("l2m-tiny", {"config": PRESETS["romatch"]}, "l2m-tiny", "tiny", "roma/vitl14"),
+        ("l2m-tiny", {"arch": "roma", "coarse_res": 280}, "l2m-tiny", "tiny", "roma/vitl14"),
+        ("l2mpp-v2", {"config": PRESETS["l2m-tiny"]}, "l2m", "roma/vitl14", "tiny"),
+        ("l2mpp-v2", {"encoder": "vits14"}, "l2m", "roma/vitl14", "roma/vits14"),
+    ]
+    for weights, kwargs, fix, weights_arch, config_arch in cases:
+        with pytest.raises(W.ArchitectureMismatchError) as err:
+            W.load_matcher(weights, **kwargs)
+        e, msg = err.value, str(err.value)
+        assert (e.weights_arch, e.config_arch, e.presets[0]) == (weights_arch, config_arch, fix), msg
+        assert len(msg.splitlines()) <= 3 and len(msg) < 500 and "missing keys" not in msg, msg
+        assert f"weights {weights!r} are arch {weights_arch} but the config is for arch {config_arch}" in msg
+        assert f"preset {fix}" in msg
+    assert W.ArchitectureMismatchError("x", PRESETS["l2m-tiny"], PRESETS["l2m"]).weights_for_config == [
+        "l2mpp-v1", "l2mpp-v2", "roma-outdoor"]  # fmt: skip
+    # a checkpoint file whose stored config is the tiny network
+    path = W.save_checkpoint(W.load_matcher(), tmp_path / "mine.pth")
+    with pytest.raises(W.ArchitectureMismatchError, match="are arch tiny but the config is for arch roma"):
+        W.load_matcher(path, config=PRESETS["l2m"])
+    # any config of the weights' own architecture applies whole
+    assert W.load_matcher(path, config=PRESETS["tiny"]).config == PRESETS["tiny"]
+    assert W.load_matcher("l2m-tiny", config=PRESETS["l2m-tiny"], coarse_res=128).config.coarse_res == (128, 128)
+
+
 def test_unknown_and_wrong_kind_names():
     with pytest.raises(W.WeightsError, match="l2mpp-v2"):
         W.resolve("l2mpp-v3")

@@ -13,7 +13,8 @@ Usage::
 
     l2m_hloc.register()                      # adds hloc.matchers.l2m and the confs below
     pairs_from_exhaustive.main(pairs, image_list=names)
-    features, matches = match_dense.main(match_dense.confs["l2m"], pairs, images, export_dir=out)
+    # "l2m-tiny": the model shipped with the package (offline); "l2m": the authors' L2M++
+    features, matches = match_dense.main(match_dense.confs["l2m-tiny"], pairs, images, export_dir=out)
     rec = l2m_hloc.reconstruction(out / "sfm", images, pairs, features, matches)
 
 Conventions at this boundary (hloc's ``match_dense`` contract, hloc commit c13273b):
@@ -79,8 +80,8 @@ _MATCHERS_DIR = Path(__file__).resolve().with_name("hloc_matchers")
 #: input to ``coarse_res`` / ``upsample_res`` itself, so ``dfactor`` is 1 (no extra
 #: resampling by hloc).
 CONFS: dict[str, dict[str, Any]] = {
-    # Small scenes, best quality: 864 x 864 dense output, 5000 matches per pair,
-    # keypoints on a 1-pixel grid of the original image.
+    # L2M++ (the authors' weights, downloaded once). Small scenes, best quality: 864 x 864
+    # dense output, 5000 matches per pair, keypoints on a 1-pixel grid of the original image.
     "l2m": {
         "output": "matches-l2m",
         "model": {"name": "l2m", "weights": "l2mpp-v2", "max_num_matches": 5000},
@@ -88,7 +89,8 @@ CONFS: dict[str, dict[str, Any]] = {
         "max_error": 1,
         "cell_size": 1,
     },
-    # l2m-tiny, shipped with the package (offline); its own 256 px config.
+    # l2m-tiny, shipped with the package (offline); the config stored with it
+    # (PRESETS["l2m-tiny"], configs/matcher/l2m_tiny.yaml: 256 px, no refinement pass).
     "l2m-tiny": {
         "output": "matches-l2m-tiny",
         "model": {"name": "l2m", "weights": "l2m-tiny", "max_num_matches": 5000},
@@ -96,8 +98,8 @@ CONFS: dict[str, dict[str, Any]] = {
         "max_error": 2,
         "cell_size": 2,
     },
-    # Lighter: 448 / 640 passes (about half the compute), 2000 matches per pair,
-    # coarser cells (more keypoints shared between pairs, fewer per image).
+    # L2M++ (downloaded once), lighter: 448 / 640 passes (about half the compute), 2000
+    # matches per pair, coarser cells (more keypoints shared between pairs, fewer per image).
     "l2m-fast": {
         "output": "matches-l2m-fast",
         "model": {
@@ -134,7 +136,7 @@ def register() -> list[str]:
     there, e.g. edited by the user, is left alone).
 
     Returns:
-        The names of the presets now available (``["l2m", "l2m-fast"]``).
+        The names of the confs now available (``["l2m", "l2m-tiny", "l2m-fast"]``).
     Raises:
         ImportError: hloc is not installed (the message says how to install it).
     """

@@ -5,7 +5,8 @@ Source of the contract: ``kornia.feature.LoFTR.forward`` (kornia 0.9.0,
 
     from l2m_plugin.integrations.kornia import L2M
 
-    matcher = L2M("l2mpp-v2")          # instead of kornia.feature.LoFTR("outdoor")
+    matcher = L2M()                    # instead of kornia.feature.LoFTR("outdoor"); l2m-tiny, offline
+    matcher = L2M("l2mpp-v2")          # the authors' L2M++ (downloaded once)
     out = matcher({"image0": img0, "image1": img1})
     F, inliers = kornia.geometry.ransac.RANSAC("fundamental")(out["keypoints0"], out["keypoints1"])
 
@@ -85,9 +86,14 @@ class L2M(nn.Module):
             :class:`l2m_plugin.models.matcher.L2M` or :class:`l2m_plugin.oracle.OracleMatcher`.
             An ``nn.Module`` matcher becomes a submodule (put in eval mode, moved by ``.to``).
         encoder_weights: ViT weights for official-layout checkpoints (see ``load_matcher``).
-        preset: name in :data:`l2m_plugin.config.PRESETS` giving the inference config;
+        preset: name in :data:`l2m_plugin.config.PRESETS` giving the inference config
+            (``"l2m-tiny"`` for l2m-tiny; ``"l2m"`` / ``"romatch"`` for L2M++ / RoMa weights);
             ``None`` (default): the config stored with the weights, else the registry
             entry's preset (``"l2m"``, the authors' ZEB harness, for L2M++).
+        config: instead of ``preset``: a :class:`~l2m_plugin.config.MatcherConfig`, a dict
+            of its fields or a YAML path (``configs/matcher/*.yaml``). A preset or config
+            written for another architecture than the weights' raises
+            :class:`~l2m_plugin.weights.ArchitectureMismatchError` (nothing applied).
         num_matches: matches drawn per image pair (default 5000, RoMa's / L2M's evaluation
             setting).
         seed: seed of the per-pair sampling generator; ``None`` draws from torch's global RNG
@@ -97,8 +103,9 @@ class L2M(nn.Module):
         **config_overrides: :class:`~l2m_plugin.config.MatcherConfig` fields
             (e.g. ``coarse_res=448``, ``upsample_res=None``, ``dtype="bfloat16"``).
     Raises:
-        ValueError: unknown preset, ``num_matches`` < 1, or ``encoder_weights`` /
-            config overrides together with ``matcher=`` (configure that matcher instead).
+        ValueError: unknown preset, both ``preset`` and ``config``, ``num_matches`` < 1, or
+            ``encoder_weights`` / ``preset`` / ``config`` / config overrides together with
+            ``matcher=`` (configure that matcher instead).
         TypeError: ``matcher`` lacks the ``sample`` / ``device`` interface.
         l2m_plugin.weights.WeightsError: weights cannot be found, downloaded or loaded.
     """
@@ -110,6 +117,7 @@ class L2M(nn.Module):
         matcher: Any = None,
         encoder_weights: Any = None,
         preset: str | None = None,
+        config: Any = None,
         num_matches: int = 5000,
         seed: int | None = 0,
         device: str | torch.device | None = None,
@@ -119,23 +127,20 @@ class L2M(nn.Module):
         if int(num_matches) < 1:
             raise ValueError(f"num_matches must be >= 1, got {num_matches}")
         if matcher is None:
-            from ..config import PRESETS
+            from ..config import resolve_config
             from ..weights import load_matcher
 
-            if preset is not None and preset not in PRESETS:
-                raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
             matcher = load_matcher(
                 weights,
-                config=PRESETS[preset] if preset is not None else None,
+                config=resolve_config(preset, config),
                 encoder_weights=encoder_weights,
                 device=device,
                 **config_overrides,
             )
         else:
-            if encoder_weights is not None or config_overrides:
-                given = sorted(config_overrides) + (
-                    ["encoder_weights"] if encoder_weights is not None else []
-                )
+            loading = {"encoder_weights": encoder_weights, "preset": preset, "config": config}
+            if config_overrides or any(v is not None for v in loading.values()):
+                given = sorted(config_overrides) + [k for k, v in loading.items() if v is not None]
                 raise ValueError(
                     f"{given} apply only when the adapter loads weights; "
                     "configure the matcher passed as matcher= instead"

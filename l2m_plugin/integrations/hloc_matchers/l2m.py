@@ -38,7 +38,11 @@ class L2MDense(BaseModel):
             registry default, ``dinov2l-distilled`` for L2M++).
         preset: name in :data:`l2m_plugin.config.PRESETS` used as the base config
             (None, the default: the config stored with the weights, else the registry
-            entry's preset, ``l2m`` for L2M++).
+            entry's preset, ``l2m`` for L2M++). It must be written for the weights'
+            architecture (``l2m-tiny`` for l2m-tiny; ``l2m`` / ``romatch`` for L2M++ /
+            RoMa), else :class:`l2m_plugin.weights.ArchitectureMismatchError`.
+        config: instead of ``preset``: a matcher config YAML path
+            (``configs/matcher/*.yaml``), a dict of MatcherConfig fields or a MatcherConfig.
         coarse_res, upsample_res, dtype, sample_thresh: :class:`MatcherConfig`
             overrides (None: keep the preset's value). Only valid when loading weights.
         max_num_matches: matches drawn per pair by ``matcher.sample`` (balanced
@@ -50,7 +54,8 @@ class L2MDense(BaseModel):
             ``device``) used instead of loading ``weights``; e.g. random weights in
             tests or :class:`l2m_plugin.oracle.OracleMatcher`.
     Raises:
-        ValueError: config overrides given together with ``matcher``; unknown preset.
+        ValueError: preset, config or overrides given together with ``matcher``; unknown
+            preset; both preset and config.
         l2m_plugin.weights.WeightsError: the weights cannot be found or loaded.
     """
 
@@ -58,6 +63,7 @@ class L2MDense(BaseModel):
         "weights": "l2m-tiny",
         "encoder_weights": None,
         "preset": None,
+        "config": None,
         "coarse_res": None,
         "upsample_res": None,
         "dtype": None,
@@ -71,21 +77,18 @@ class L2MDense(BaseModel):
     def _init(self, conf):
         overrides = {k: conf[k] for k in _OVERRIDES if conf.get(k) is not None}
         if conf["matcher"] is not None:
-            if overrides:
+            given = sorted(overrides) + [k for k in ("preset", "config") if conf.get(k) is not None]
+            if given:
                 raise ValueError(
-                    f"config overrides {sorted(overrides)} cannot be applied to a matcher "
+                    f"config overrides {given} cannot be applied to a matcher "
                     "passed as conf['matcher']; build it with the wanted config instead"
                 )
             self.net = conf["matcher"]
             return
-        from l2m_plugin.config import PRESETS
+        from l2m_plugin.config import resolve_config
         from l2m_plugin.weights import load_matcher
 
-        config = None
-        if conf["preset"] is not None:
-            if conf["preset"] not in PRESETS:
-                raise ValueError(f"unknown preset {conf['preset']!r}; known: {sorted(PRESETS)}")
-            config = PRESETS[conf["preset"]]
+        config = resolve_config(conf["preset"], conf.get("config"))
         self.net = load_matcher(
             conf["weights"], config=config, encoder_weights=conf["encoder_weights"], **overrides
         )

@@ -18,7 +18,11 @@ Three measurements, each optional, all with the same model:
    coverage of image A, and a cross-check, since these pairs have no ground truth:
    the median epipolar distance of each method's inliers under the *other* method's
    F (a degenerate F can collect many inliers from wrong matches; it fails this).
-3. ``--sfm DIR``: ``l2m_plugin.sfm.pipeline.reconstruct`` on the folder (exhaustive
+3. ``--self-match IMAGE [IMAGE ...]``: each photo matched with itself (the exact answer is
+   the identity): median error of the dense warp at the output resolution (pixels of that
+   grid) and of the sampled matches in the original image (``||kp1 - kp0||``), their share
+   within 0.5 / 1 px, and the median certainty of the dense output and of the samples.
+4. ``--sfm DIR``: ``l2m_plugin.sfm.pipeline.reconstruct`` on the folder (exhaustive
    pairs, one camera per image, the defaults of ``l2m reconstruct``) with the model
    and with SIFT: registered images, 3D points, mean track length, reprojection error.
 
@@ -60,6 +64,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-synth-pairs", type=int, default=200)
     p.add_argument("--pairs-dir", type=Path, default=None, help="folder of <name>_A / <name>_B real pairs")
     p.add_argument("--sfm", type=Path, default=None, help="image folder to reconstruct")
+    p.add_argument("--self-match", type=Path, nargs="+", default=None, help="photos to match with themselves")
     p.add_argument("--num-matches", type=int, default=5000)
     p.add_argument("--ransac-px", type=float, default=1.0)
     p.add_argument("--sift-features", type=int, default=8000)
@@ -152,6 +157,33 @@ def synthetic_quality(model, sift_cls, root: Path, max_pairs: int, num: int, see
         "sift_matches": _agg(prec_sift),
         "per_pair": per_pair,
     }
+
+
+def self_match(model, images: list[Path], num: int, seed: int) -> dict:
+    """Each image against itself: errors of the dense warp and of the sampled matches, certainty."""
+    from l2m_plugin.coords import normalized_grid
+
+    res = {}
+    for k, path in enumerate(images):
+        with torch.inference_mode():
+            out = model.match(str(path), str(path))
+            warp = out["warp0"][0].float()
+            h, w = warp.shape[:2]
+            dense = ((warp - normalized_grid(h, w)) * torch.tensor([w / 2, h / 2])).norm(dim=-1)
+            m = model.sample(out, num=num, generator=torch.Generator().manual_seed(seed + k))
+        e = (m["keypoints1"] - m["keypoints0"]).norm(dim=-1).numpy()
+        res[path.name] = {
+            "output_res": [h, w],
+            "dense_median_px": float(dense.median()),
+            "dense_within_1px": float((dense < 1).float().mean()),
+            "certainty_median": float(out["certainty0"].median()),
+            "matches": int(len(e)),
+            "match_median_px": float(np.median(e)) if len(e) else float("nan"),
+            "match_within_0.5px": float((e < 0.5).mean()) if len(e) else float("nan"),
+            "match_within_1px": float((e < 1).mean()) if len(e) else float("nan"),
+            "match_certainty_median": float(m["certainty"].median()) if len(e) else float("nan"),
+        }
+    return res
 
 
 def _ransac(kp0: np.ndarray, kp1: np.ndarray, px: float, seed: int):
@@ -282,6 +314,20 @@ def _report(r: dict) -> str:
                 f"{'-' if a is None else f'{a:.2f} px'} | {'-' if b is None else f'{b:.2f} px'} |"
             )
         lines.append("")
+    if "self_match" in r:
+        lines += [
+            "### Each photo matched with itself (exact answer: the identity)",
+            "",
+            "| photo | dense median (output grid) | dense < 1 px | certainty median | matches | match median (original px) | < 0.5 px | < 1 px | match certainty median |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, v in r["self_match"].items():
+            lines.append(
+                f"| {name} | {v['dense_median_px']:.2f} px at {v['output_res'][1]}x{v['output_res'][0]} | {100 * v['dense_within_1px']:.0f}% | "
+                f"{v['certainty_median']:.2f} | {v['matches']} | {v['match_median_px']:.2f} px | {100 * v['match_within_0.5px']:.0f}% | "
+                f"{100 * v['match_within_1px']:.0f}% | {v['match_certainty_median']:.2f} |"
+            )
+        lines.append("")
     if "sfm" in r:
         lines += ["### SfM", "", "| matcher | registered | points | track length | reproj. error | time |", "|---|---|---|---|---|---|"]
         for k, v in r["sfm"].items():
@@ -309,6 +355,12 @@ def main(argv=None) -> int:
         res["synthetic"] = synthetic_quality(model, SiftPairMatcher, args.synth, args.max_synth_pairs, args.num_matches, args.seed, sift_kw)
     if args.pairs_dir:
         res["real_pairs"] = real_pairs(model, SiftPairMatcher, args.pairs_dir, args.num_matches, args.ransac_px, args.seed, sift_kw)
+    if args.self_match:
+        missing = [str(p) for p in args.self_match if not p.is_file()]
+        if missing:
+            print(f"matcher_quality.py: error: --self-match: no such file {missing[0]}", file=sys.stderr)
+            return 2
+        res["self_match"] = self_match(model, args.self_match, args.num_matches, args.seed)
     if args.sfm:
         with tempfile.TemporaryDirectory() as tmp:
             work = args.out if args.out else Path(tmp)

@@ -180,6 +180,11 @@ class Stage1Trainer(Trainer):
         enc = self.model.encoder
         if t.trainable == "all":
             trainable = enc
+        elif enc.coarse_kind == "none":
+            raise TrainConfigError(
+                f"train.trainable=coarse: the {self.model.config.arch_name} architecture has no stride-16 "
+                "module (its coarse matcher works on the stride-8 CNN level); use train.level=8 train.trainable=all"
+            )
         else:
             trainable = enc.dinov2 if enc.coarse_kind == "dinov2" else enc.coarse
         trainable.requires_grad_(True)

@@ -187,3 +187,61 @@ def test_homography_pair_is_exact_and_covers_the_ranges():
         assert np.median(diff) < 3.0  # interpolation of a smooth photo only
     assert 0.5 <= min(scales) and max(scales) <= 2.0 and max(scales) / min(scales) > 1.5
     assert max(abs(r) for r in rots) <= 30.0 and max(abs(r) for r in rots) > 10
+
+
+def _photos(folder, n=4, size=(120, 160)):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        arr = (rng.random((size[0] // 8, size[1] // 8, 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).resize(size[::-1], Image.Resampling.BICUBIC).save(folder / f"p{i}.png")
+    return folder
+
+
+def test_homography_pairs_items_splits_and_reproducibility(tmp_path):
+    from l2m_plugin.training.data import ConcatPairs, HomographyPairs
+
+    root = _photos(tmp_path / "photos", n=12)
+    train = HomographyPairs(root, (64, 96), split="train", length=5, seed=3)
+    held = HomographyPairs(root, (64, 96), split="heldout")
+    assert set(train.names).isdisjoint(held.names) and held.names == ["p0.png", "p8.png"]  # every tenth of the sorted listing
+    a, b = train[(2, 17)], train[(2, 17)]
+    assert torch.equal(a["image1"], b["image1"]) and torch.equal(a["warp0"], b["warp0"])
+    c = train[(2, 18)]  # another stream position: another homography of the same photo
+    assert not torch.equal(a["warp0"], c["warp0"])
+    assert a["image0"].shape == (3, 64, 96) and a["warp0"].shape == (64, 96, 2) and a["valid0"].dtype == torch.bool
+    # the warp is the homography: pixel centre (x, y) of image 0 lands at H (x, y)
+    H = a["H_0to1"].numpy()
+    p = H @ np.array([10.5, 20.5, 1.0])
+    expect = np.array([p[0] / p[2] / 48 - 1, p[1] / p[2] / 32 - 1])
+    if a["valid0"][20, 10]:
+        assert np.allclose(a["warp0"][20, 10].numpy(), expect, atol=1e-5)
+    # warp1 inverts warp0 where both are valid
+    w0 = a["warp0"][a["valid0"]]
+    px1 = ((w0 + 1) * torch.tensor([48.0, 32.0])).floor().long()
+    back = a["warp1"][px1[:, 1].clamp(0, 63), px1[:, 0].clamp(0, 95)]
+    assert float((back - normalized_grid(64, 96)[a["valid0"]]).abs().median()) < 2 / 64  # within a pixel (nearest lookup)
+    mixed = ConcatPairs([held, train])
+    assert len(mixed) == len(held) + 5 and "H_0to1" not in mixed[(len(held) + 1, 0)]
+
+
+def test_build_dataset_mixes_homography_pairs_at_the_share(tmp_path):
+    from l2m_plugin.training.data import ConcatPairs, SynthPairs
+    from l2m_plugin.training.trainer import TrainConfigError, build_dataset, load_conf
+
+    synth = tmp_path / "synth"
+    from l2m_plugin.training.fixtures import write_synth_fixture
+
+    write_synth_fixture(synth, num_pairs=6, size=(64, 48))
+    photos = _photos(tmp_path / "photos", n=4)
+    over = [f"data.root={synth}", f"train.out={tmp_path / 'run'}", f"data.homography.images={photos}", "data.size=[48,64]"]
+    ds = build_dataset(load_conf(None, over + ["data.homography.share=0.25"]), 0)
+    assert isinstance(ds, ConcatPairs) and isinstance(ds.datasets[0], SynthPairs)
+    assert len(ds.datasets[0]) == 6 and len(ds.datasets[1]) == 2  # 2 / 8 = 0.25
+    assert ds[(7, 0)]["image0"].shape == (3, 48, 64)
+    plain = build_dataset(load_conf(None, over + ["data.homography.share=0"]), 0)
+    assert isinstance(plain, SynthPairs)
+    with pytest.raises(TrainConfigError, match="share"):
+        build_dataset(load_conf(None, over + ["data.homography.share=1.0"]), 0)

@@ -7,7 +7,8 @@ Subcommands:
     ``l2m reconstruct IMAGE_DIR OUT_DIR``   images -> COLMAP model (pairs, matching, tracks, pycolmap)
     ``l2m match-pairs IMAGE_DIR --out F``   match one shard (``--shard i/N``) of a pairs list
     ``l2m merge SHARD.h5... --out DIR``     combine shards for ``reconstruct`` and hloc
-    ``l2m bench NAME --data-root DIR``      MegaDepth-1500 / ScanNet-1500 / ZEB / HPatches (cached, resumable)
+    ``l2m bench NAME --data-root DIR``      MegaDepth-1500 / ScanNet-1500 / ZEB / HPatches / homography / colmap
+                                            (cached, resumable)
     ``l2m synth --images DIR --depth D --out DIR``  synthetic training pairs from single photos (resumable)
     ``l2m train stage1 --conf YAML [k=v]``  L2M stage 1: the 3D-aware encoder from lifted photos (resumable)
     ``l2m train stage2 --conf YAML [k=v]``  L2M stage-2 training (resumable; torchrun for several processes)
@@ -377,9 +378,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     prog = "l2m bench"
     progress = _Progress(args.quiet)
-    conf = {"predict": {"num_matches": args.num_matches, "seed": args.seed}}
+    conf = {"predict": {"num_matches": args.num_matches, "seed": args.seed}, "data": {}}
     if args.index_dir:
-        conf["data"] = {"index_dir": args.index_dir}
+        conf["data"]["index_dir"] = args.index_dir
+    if args.model:
+        conf["data"]["model"] = args.model
+    if args.name == "homography":  # generated images: one cache beside the outputs, shared by every matcher
+        conf["data"]["cache_dir"] = str(Path(args.out) / "homography" / "images")
     try:
         conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(args.set))
         bench = get_benchmark(args.name, args.data_root, conf=conf, protocol=args.protocol)
@@ -570,12 +575,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=_cmd_merge)
 
-    b = sub.add_parser("bench", help="run a benchmark (megadepth1500, scannet1500, zeb, hpatches): match, cache, evaluate")
-    b.add_argument("name", choices=["megadepth1500", "scannet1500", "zeb", "hpatches"])
-    b.add_argument("--data-root", required=True, help="the data set in its official layout (benchmarks/<name>/README.md)")
+    b = sub.add_parser("bench", help="run a benchmark (megadepth1500, scannet1500, zeb, hpatches, homography, colmap): "
+                       "match, cache, evaluate")  # fmt: skip
+    b.add_argument("name", choices=["megadepth1500", "scannet1500", "zeb", "hpatches", "homography", "colmap"])
+    b.add_argument("--data-root", "--images", dest="data_root", required=True,
+                   help="the data set in its official layout (benchmarks/<name>/README.md); homography: a folder of "
+                        "photos (l2m synth's listing and --split); colmap: the model's image folder")  # fmt: skip
     b.add_argument("--index-dir", default=None, help="folder of the official pair lists (MegaDepth scene info, ScanNet test.npz)")
-    b.add_argument("--matcher", default="l2m", choices=["l2m", "sift", "oracle", "loftr", "disk"])
-    b.add_argument("--protocol", default=None, help="protocol preset (megadepth1500/scannet1500: roma | loftr; zeb: gim; hpatches: dkm)")
+    b.add_argument("--model", default=None, help="colmap: the COLMAP model folder (text or binary; conf data.model)")
+    b.add_argument("--matcher", default="l2m", choices=["l2m", "sift", "oracle", "random", "loftr", "disk"],
+                   help="oracle: ground-truth matches; random: uniform random keypoints (chance level)")
+    b.add_argument("--protocol", default=None, help="protocol preset (megadepth1500/scannet1500: roma | loftr; zeb: gim; "
+                                                    "hpatches, homography: dkm; colmap: loftr)")  # fmt: skip
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a conf entry, repeatable (e.g. eval.ransac_threshold_px=1.0, eval.runs=1, data.skip=[])")
     b.add_argument("--out", default="outputs/bench", help="output root; matches go to OUT/NAME/TAG/")

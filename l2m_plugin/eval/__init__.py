@@ -1,4 +1,5 @@
-"""Benchmark harnesses: MegaDepth-1500, ScanNet-1500, ZEB and HPatches under stated protocols.
+"""Benchmark harnesses: MegaDepth-1500, ScanNet-1500, ZEB, HPatches, synthetic homographies
+of held-out photos and any COLMAP model, under stated protocols.
 
 Usage::
 
@@ -20,7 +21,9 @@ published numbers (``published.json``).
 from __future__ import annotations
 
 from .base import Benchmark, BenchmarkDataError, BenchmarkPair
+from .colmap_pose import ColmapPoseBenchmark
 from .features import feature_nn_pck
+from .homography import HomographyBenchmark
 from .hpatches import HPatches
 from .megadepth import MegaDepth1500
 from .scannet import ScanNet1500
@@ -37,6 +40,8 @@ __all__ = [
     "ScanNet1500",
     "ZEB",
     "HPatches",
+    "HomographyBenchmark",
+    "ColmapPoseBenchmark",
     "feature_nn_pck",
 ]
 
@@ -45,6 +50,8 @@ BENCHMARKS: dict[str, type[Benchmark]] = {
     "scannet1500": ScanNet1500,
     "zeb": ZEB,
     "hpatches": HPatches,
+    "homography": HomographyBenchmark,
+    "colmap": ColmapPoseBenchmark,
 }
 
 
@@ -57,8 +64,9 @@ def get_benchmark(name: str, data_root, conf=None, protocol: str | None = None) 
 
 def make_matcher(kind: str, bench: Benchmark, *, model=None, weights: str | None = None,
                  resize: int | None = None, device: str = "cpu", memory_budget_gb: float = 4.0):  # fmt: skip
-    """A pair matcher over ``bench.data_root``: ``l2m`` (needs ``model``), ``sift``, ``oracle``,
-    ``loftr`` or ``disk`` (kornia; ``weights``: local file or kornia pretrained name).
+    """A pair matcher over ``bench.image_root``: ``l2m`` (needs ``model``), ``sift``, ``oracle``,
+    ``random`` (uniform random keypoints: chance level), ``loftr`` or ``disk`` (kornia;
+    ``weights``: local file or kornia pretrained name).
 
     Uses ``bench.conf["predict"]`` for the number of matches and the seed.
     """
@@ -68,20 +76,24 @@ def make_matcher(kind: str, bench: Benchmark, *, model=None, weights: str | None
 
         if model is None:
             raise ValueError("matcher 'l2m' needs a model (L2M.from_pretrained(...))")
-        return DensePairMatcher(model, bench.data_root, num_matches=p["num_matches"], seed=p["seed"],
+        return DensePairMatcher(model, bench.image_root, num_matches=p["num_matches"], seed=p["seed"],
                                 exif=False, memory_budget_gb=memory_budget_gb)  # fmt: skip
     if kind == "sift":
         from ..sfm.matching import SiftPairMatcher
 
-        return SiftPairMatcher(bench.data_root)
+        return SiftPairMatcher(bench.image_root)
     if kind == "oracle":
         from .matchers import GroundTruthPairMatcher
 
         return GroundTruthPairMatcher(bench, p["num_matches"], p["seed"])
+    if kind == "random":
+        from .matchers import RandomPairMatcher
+
+        return RandomPairMatcher(bench.image_root, p["num_matches"], p["seed"])
     if kind in ("loftr", "disk"):
         from .matchers import KorniaPairMatcher
 
         default_w = {"loftr": "outdoor", "disk": "depth"}[kind]
         default_r = {"loftr": 840, "disk": 1024}[kind]
-        return KorniaPairMatcher(bench.data_root, kind, weights or default_w, resize=resize or default_r, device=device)
-    raise ValueError(f"unknown matcher {kind!r}; choose from l2m, sift, oracle, loftr, disk")
+        return KorniaPairMatcher(bench.image_root, kind, weights or default_w, resize=resize or default_r, device=device)
+    raise ValueError(f"unknown matcher {kind!r}; choose from l2m, sift, oracle, random, loftr, disk")

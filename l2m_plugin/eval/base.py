@@ -19,6 +19,9 @@ Pair matchers are objects with ``settings() -> dict``, ``image(name)`` (a
 scores)`` (COLMAP pixel coordinates in the stored images: pixel centres at
 i + 0.5), ``forget(name)`` and ``close()``: the SfM matchers of
 :mod:`l2m_plugin.sfm.matching` and those of :mod:`l2m_plugin.eval.matchers`.
+They read the images by name under :attr:`Benchmark.image_root`: the data root,
+except for benchmarks that generate their images (``homography`` writes them into a
+cache folder beside its outputs).
 
 Output folder of one matcher on one benchmark::
 
@@ -154,6 +157,12 @@ class Benchmark:
         self._pairs: list[BenchmarkPair] | None = None
 
     # ------------------------------------------------------------------ data
+    @property
+    def image_root(self) -> Path:
+        """The folder the pair names are relative to (what the pair matchers read): the data
+        root, unless the benchmark generates its images elsewhere."""
+        return self.data_root
+
     def load_pairs(self) -> list[BenchmarkPair]:
         """Read the official pair list (subclasses)."""
         raise NotImplementedError
@@ -166,10 +175,10 @@ class Benchmark:
 
     def check_images(self, pairs: Sequence[BenchmarkPair]) -> None:
         """Raise :class:`BenchmarkDataError` naming the first missing images."""
-        missing = sorted({n for p in pairs for n in (p.name0, p.name1) if not (self.data_root / n).is_file()})
+        missing = sorted({n for p in pairs for n in (p.name0, p.name1) if not (self.image_root / n).is_file()})
         if missing:
             raise BenchmarkDataError(
-                f"{len(missing)} image(s) of {self.name} are missing under {self.data_root}, e.g. "
+                f"{len(missing)} image(s) of {self.name} are missing under {self.image_root}, e.g. "
                 f"{missing[0]}; see benchmarks/{self.name}/README.md for the layout, or pass the right --data-root"
             )
 
@@ -207,7 +216,7 @@ class Benchmark:
         other pairs go on, and it is retried by the next call.
 
         Args:
-            matcher: a pair matcher (module docstring) whose image folder is the data root.
+            matcher: a pair matcher (module docstring) whose image folder is :attr:`image_root`.
             out_dir: output folder of this matcher on this benchmark.
             overwrite: delete a cache made with other settings instead of refusing it.
             max_pairs: only the first N pairs of the official list (quick runs).
@@ -225,7 +234,7 @@ class Benchmark:
         store = PairMatchStore(out_dir / "matches.h5", settings, overwrite=overwrite)
         _atomic_json(
             out_dir / "predict_conf.json",
-            {**settings, "data_root": str(self.data_root), "data": self.conf["data"]},
+            {**settings, "data_root": str(self.data_root), "image_root": str(self.image_root), "data": self.conf["data"]},
         )
         todo, seen = [], set()
         for p in pairs:

@@ -14,7 +14,10 @@ oracle matcher must score (almost) perfectly and every convention error shows.
 - :func:`write_zeb_fixture`: ZEB sub-set folders and 38-token pair files, cameras
   taken from the ScanNet-1500 list;
 - :func:`write_hpatches_fixture`: sequences with ``1.ppm`` ... ``6.ppm`` and
-  ``H_1_k`` made by warping a rendered image with random homographies.
+  ``H_1_k`` made by warping a rendered image with random homographies;
+- :func:`write_colmap_fixture`: a COLMAP text model (cameras, images, points3D) whose
+  observations are the exact projections of random 3D points (with the camera model's
+  distortion), and noise images of the cameras' size: for ``l2m bench colmap``'s oracle.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ __all__ = [
     "write_scannet_fixture",
     "write_zeb_fixture",
     "write_hpatches_fixture",
+    "write_colmap_fixture",
 ]
 
 _LOCAL_DISTANCE = 5.0  # scene units between the cameras and the scene centre (as make_scene)
@@ -272,3 +276,66 @@ def write_hpatches_fixture(root: str | Path, sequences=("i_fixture", "v_fixture"
             _save_jpeg(imk, base / seq / f"{k}.ppm", fmt="PPM")
             np.savetxt(base / seq / f"H_1_{k}", H)
     return Path(root)
+
+
+def write_colmap_fixture(root: str | Path, num_images: int = 4, num_points: int = 200, size: tuple[int, int] = (640, 480),
+                         *, camera_model: str = "SIMPLE_RADIAL", seed: int = 0) -> Path:  # fmt: skip
+    """A COLMAP text model with exact observations: ``root/images/NN.png``, ``root/sparse/*.txt``.
+
+    Cameras (one shared camera of ``camera_model``: ``SIMPLE_RADIAL`` with k = 0.05, or
+    ``SIMPLE_PINHOLE``; ``size`` (W, H), focal 0.7 W) stand on an arc around a cloud of
+    ``num_points`` random points near the origin (as deep as wide: small, shallow scenes
+    seen through narrow, low-resolution cameras let a wrong essential matrix fit every
+    match within 0.5 px) and look at it; every observation is the point's exact
+    projection through the camera model (COLMAP pixels), so any pose error comes from
+    the estimator alone. The images are smoothed noise of the camera's size, as JPEG
+    (the matchers need them for their size; they carry no geometry).
+
+    Returns:
+        ``root``.
+    """
+    import cv2
+    import pycolmap
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "sparse").mkdir(parents=True, exist_ok=True)
+    w, h = size
+    f = 0.7 * w
+    params = {"SIMPLE_RADIAL": [f, w / 2, h / 2, 0.05], "SIMPLE_PINHOLE": [f, w / 2, h / 2]}[camera_model]
+    cam = pycolmap.Camera(model=camera_model, width=w, height=h, params=params)
+    X = rng.uniform(-1, 1, (num_points, 3)) * [2.0, 1.5, 2.0]
+    images, tracks = [], {i: [] for i in range(num_points)}
+    for k in range(num_images):
+        a = np.deg2rad(-15 + 30 * k / max(1, num_images - 1))
+        centre = np.array([5 * np.sin(a), 0.3 * k - 0.4, -5 * np.cos(a)])
+        z = -centre / np.linalg.norm(centre)
+        x = np.cross([0.0, 1.0, 0.0], z)
+        x /= np.linalg.norm(x)
+        R = np.stack((x, np.cross(z, x), z))  # rows: camera axes in world coordinates
+        t = -R @ centre
+        uv = cam.img_from_cam(X @ R.T + t)
+        pts = []
+        for i, (u, v) in enumerate(uv):
+            if 0 <= u < w and 0 <= v < h:
+                tracks[i].append((k + 1, len(pts)))
+                pts.append((u, v, i + 1))
+        qx, qy, qz, qw = pycolmap.Rotation3d(R).quat
+        images.append((k + 1, (qw, qx, qy, qz), t, f"{k:02d}.jpg", pts))
+        noise = cv2.GaussianBlur(rng.uniform(0, 255, (h, w, 3)).astype(np.float32), (0, 0), 3)
+        noise = (noise - noise.mean()) * 4 + 128
+        cv2.imwrite(str(root / "images" / f"{k:02d}.jpg"), np.clip(noise, 0, 255).astype(np.uint8))
+    (root / "sparse" / "cameras.txt").write_text(f"1 {camera_model} {w} {h} " + " ".join(f"{v:.17g}" for v in params) + "\n")
+    lines = []
+    for iid, q, t, name, pts in images:
+        lines.append(f"{iid} " + " ".join(f"{v:.17g}" for v in (*q, *t)) + f" 1 {name}")
+        lines.append(" ".join(f"{u:.17g} {v:.17g} {pid}" for u, v, pid in pts))
+    (root / "sparse" / "images.txt").write_text("\n".join(lines) + "\n")
+    lines = []
+    for i, tr in tracks.items():
+        if len(tr) >= 2:
+            lines.append(f"{i + 1} " + " ".join(f"{v:.17g}" for v in X[i]) + " 128 128 128 0 "
+                         + " ".join(f"{iid} {idx}" for iid, idx in tr))  # fmt: skip
+    (root / "sparse" / "points3D.txt").write_text("\n".join(lines) + "\n")
+    return root

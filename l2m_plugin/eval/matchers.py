@@ -5,7 +5,10 @@
 - ``sift``: :class:`l2m_plugin.sfm.matching.SiftPairMatcher` (OpenCV SIFT, ratio test,
   mutual check);
 - ``oracle``: :class:`GroundTruthPairMatcher`, matches sampled from the ground-truth
-  warp (depth + poses, or the homography), to validate a harness end to end;
+  warp (depth + poses, or the homography) or from a benchmark's exact sparse
+  correspondences (a COLMAP model's shared observations), to validate a harness end to end;
+- ``random``: :class:`RandomPairMatcher`, uniform random keypoints in both images (the
+  floor every metric must show: about 0);
 - ``loftr`` / ``disk``: :class:`KorniaPairMatcher` (kornia's LoFTR, or DISK with
   mutual nearest neighbours), with weights from a local file or kornia's download.
 
@@ -25,7 +28,7 @@ from ..io import LoadedImage, load_image
 from ..sampling import sample_matches
 from ..sfm.matching import pair_seed
 
-__all__ = ["GroundTruthPairMatcher", "KorniaPairMatcher"]
+__all__ = ["GroundTruthPairMatcher", "KorniaPairMatcher", "RandomPairMatcher"]
 
 
 class _ImageCache:
@@ -46,13 +49,17 @@ class _ImageCache:
 
 
 class GroundTruthPairMatcher(_ImageCache):
-    """The oracle: ``num_matches`` matches drawn from a benchmark's ground-truth warp.
+    """The oracle: ``num_matches`` matches drawn from a benchmark's ground truth.
 
     Args:
-        benchmark: a :class:`~l2m_plugin.eval.base.Benchmark` with ground truth
-            (``ground_truth_warp``: depth maps and poses, or homographies).
+        benchmark: a :class:`~l2m_plugin.eval.base.Benchmark` with ground truth:
+            ``ground_truth_warp`` (depth maps and poses, or homographies), or
+            ``ground_truth_matches(pair) -> (kpts0, kpts1)`` (exact sparse
+            correspondences in COLMAP pixels, e.g. a COLMAP model's shared observations),
+            which takes precedence.
         num_matches: matches per pair, drawn uniformly among the pixels where the
-            ground truth is valid (both directions).
+            ground truth is valid (both directions), or among the sparse
+            correspondences without replacement (all of them when there are fewer).
         seed: sampling seed (per pair: :func:`l2m_plugin.sfm.matching.pair_seed`).
     Raises:
         ValueError: the benchmark has no ground truth (ZEB).
@@ -60,7 +67,7 @@ class GroundTruthPairMatcher(_ImageCache):
 
     def __init__(self, benchmark, num_matches: int = 5000, seed: int = 0):
         benchmark.require_ground_truth()
-        super().__init__(benchmark.data_root)
+        super().__init__(benchmark.image_root)
         self.benchmark = benchmark
         self.num_matches = num_matches
         self.seed = seed
@@ -75,6 +82,8 @@ class GroundTruthPairMatcher(_ImageCache):
     def match_samples(self, name0: str, name1: str, num_samples: int):
         """``num_samples`` independent draws from the ground truth (the first is ``__call__``'s)."""
         pair = self._pairs[(name0, name1)]
+        if hasattr(self.benchmark, "ground_truth_matches"):
+            return self._sparse_samples(pair, num_samples)
         s0, s1 = self.image(name0).size, self.image(name1).size
         w0, v0, w1, v1 = self.benchmark.ground_truth_warp(pair, s0, s1)
         out = {
@@ -89,6 +98,43 @@ class GroundTruthPairMatcher(_ImageCache):
             m = sample_matches(out, self.num_matches, 0.5, generator=g, balanced=False)
             draws.append(tuple(m[k].numpy().astype(np.float32) for k in ("keypoints0", "keypoints1", "certainty")))
         return draws
+
+    def _sparse_samples(self, pair, num_samples: int):
+        k0, k1 = self.benchmark.ground_truth_matches(pair)
+        rng = np.random.default_rng(pair_seed(self.seed, pair.name0, pair.name1))
+        draws = []
+        for _ in range(num_samples):
+            sel = rng.permutation(len(k0))[: self.num_matches]
+            draws.append((k0[sel].astype(np.float32), k1[sel].astype(np.float32), np.ones(len(sel), np.float32)))
+        return draws
+
+
+class RandomPairMatcher(_ImageCache):
+    """Uniform random keypoints in both images, paired at random: the chance level of a metric.
+
+    Args:
+        image_root: the benchmark's image folder (read for the image sizes only).
+        num_matches: matches per pair.
+        seed: per pair :func:`l2m_plugin.sfm.matching.pair_seed`.
+    Returns (``__call__``): (N, 2) float32 COLMAP pixels uniform in [0, W] x [0, H] of
+    each image, scores uniform in [0, 1).
+    """
+
+    def __init__(self, image_root, num_matches: int = 5000, seed: int = 0):
+        super().__init__(image_root)
+        self.num_matches = int(num_matches)
+        self.seed = seed
+
+    def settings(self) -> dict:
+        return {"matcher": "random", "num_matches": self.num_matches, "seed": self.seed}
+
+    def __call__(self, name0: str, name1: str):
+        rng = np.random.default_rng(pair_seed(self.seed, name0, name1))
+        (w0, h0), (w1, h1) = self.image(name0).size, self.image(name1).size
+        n = self.num_matches
+        k0 = rng.uniform(0, 1, (n, 2)) * (w0, h0)
+        k1 = rng.uniform(0, 1, (n, 2)) * (w1, h1)
+        return k0.astype(np.float32), k1.astype(np.float32), rng.uniform(0, 1, n).astype(np.float32)
 
 
 class KorniaPairMatcher(_ImageCache):

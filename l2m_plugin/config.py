@@ -366,16 +366,17 @@ class MatcherConfig:
 #: refuses the others with a short message). Architecture ``roma`` (the released network):
 #: ``l2m`` is what the authors' ZEB harness runs; ``romatch`` is RoMa's ``roma_outdoor``
 #: (romatch 0.1.2) and ``l2m-fork-defaults`` the ``l2mpp_model()`` constructor defaults
-#: (672 / 1344). Architecture ``tiny``: ``l2m-tiny`` is the config stored in the shipped
+#: (672 / 1344). Architecture ``tiny-ds``: ``l2m-tiny`` is the config stored in the shipped
 #: ``l2m_plugin/assets/l2m_tiny.pth`` (= ``configs/matcher/l2m_tiny.yaml``;
 #: ``tests/test_config.py`` fails if the three disagree, so after retraining update the
-#: YAML and this entry); ``tiny`` is the same network at 320 px (random-weight tests and
+#: YAML and this entry). Architecture ``tiny`` (the first l2m-tiny's): ``tiny`` is that network at 320 px (random-weight tests and
 #: benchmarks). The YAML files in ``configs/matcher/`` equal the presets of the same name.
 PRESETS: dict[str, MatcherConfig] = {
     "l2m": MatcherConfig(),
     "l2m-fork-defaults": MatcherConfig(coarse_res=672, upsample_res=1344),
     "romatch": MatcherConfig(normalize=True, displacement_scale="romatch", gp_solve="cholesky"),
-    "l2m-tiny": MatcherConfig(arch="tiny", coarse_res=256, upsample_res=None, normalize=True, gp_solve="cholesky"),
+    "l2m-tiny": MatcherConfig(arch="tiny-ds", coarse_res=384, upsample_res=None, normalize=True, gp_solve="cholesky",
+                              attenuate_cert=False),
     "tiny": MatcherConfig(arch="tiny", coarse_res=320, upsample_res=None, normalize=True, gp_solve="cholesky"),
 }
 

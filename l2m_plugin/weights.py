@@ -27,7 +27,7 @@ Nothing here touches the network except :func:`download`, which
 
 One entry ships inside the package and needs no download: ``l2m-tiny``
 (:data:`DEFAULT_WEIGHTS`), a small matcher this project trained offline from single
-photos (``configs/train/stage2_tiny.yaml``; README, "l2m-tiny"). It is what every entry
+photos (``configs/train/stage2_tiny_ds.yaml``; README, "l2m-tiny"). It is what every entry
 point loads when no weights are named, so matching works without a network.
 """
 
@@ -150,8 +150,8 @@ REGISTRY: dict[str, WeightsEntry] = {
     for e in (
         WeightsEntry(
             "l2m-tiny", "matcher", "", "l2m_tiny.pth", packaged="assets/l2m_tiny.pth", preset="l2m-tiny",
-            sha256="f8d2fed86d2cd3a4e2e251d638fe4fd8b362dd34c95e29bb0245b2cb4423b00e", size=15588225,
-            source="trained by l2m-plugin: configs/train/stage2_tiny.yaml on l2m synth pairs from "
+            sha256="6a9ac4c520e695fbfff18b9b1e1855a373e8db9dd8d7538690bf9210e54b3ba4", size=5182411,
+            source="trained by l2m-plugin: configs/train/stage2_tiny_ds.yaml on l2m synth and homography pairs from "
             "../shared/data/single_view (README, l2m-tiny)",
         ),
         WeightsEntry(

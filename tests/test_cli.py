@@ -102,10 +102,10 @@ def test_l2m_tiny_config_and_preset_match_the_real_pair(tmp_path):
     for name, flags in runs.items():
         r = run_l2m("match", a, b, *flags, "--out", tmp_path / name, "--num-matches", "300", env=env)
         assert r.returncode == 0, r.stderr
-        assert "model: l2m-tiny (arch tiny, coarse (256, 256), upsample None" in r.stderr
+        assert "model: l2m-tiny (arch tiny-ds, coarse (384, 384), upsample None" in r.stderr
         with h5py.File(tmp_path / name / "matches.h5") as f:
             kpts[name] = f["keypoints0"][()], f["keypoints1"][()]
-            assert kpts[name][0].shape == (300, 2) and '"arch": "tiny"' in f.attrs["config"]
+            assert kpts[name][0].shape == (300, 2) and '"arch": "tiny-ds"' in f.attrs["config"]
     for name in ("config", "preset"):
         assert all(np.array_equal(x, y) for x, y in zip(kpts[name], kpts["none"], strict=True)), name
 

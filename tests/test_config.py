@@ -74,12 +74,13 @@ def test_l2m_tiny_yaml_preset_and_shipped_checkpoint_agree():
 
 
 def test_arch_name_and_same_network():
-    assert PRESETS["l2m"].arch_name == "roma/vitl14" and PRESETS["l2m-tiny"].arch_name == "tiny"
+    assert PRESETS["l2m"].arch_name == "roma/vitl14" and PRESETS["l2m-tiny"].arch_name == "tiny-ds"
     assert MatcherConfig(arch={"coarse": "cnn", "coarse_dim": 64}, coarse_res=64).arch_name == "custom"
     # inference settings may differ; the architecture (and the ViT of DINOv2 networks) may not
     assert PRESETS["l2m"].same_network(PRESETS["romatch"])
-    assert PRESETS["tiny"].same_network(PRESETS["l2m-tiny"])
-    assert PRESETS["tiny"].same_network(PRESETS["l2m-tiny"].replace(encoder="vits14"))  # unused by tiny
+    assert PRESETS["tiny"].same_network(PRESETS["tiny"].replace(coarse_res=256))
+    assert PRESETS["l2m-tiny"].same_network(PRESETS["l2m-tiny"].replace(encoder="vits14"))  # unused by tiny-ds
+    assert not PRESETS["tiny"].same_network(PRESETS["l2m-tiny"])  # the first l2m-tiny's network is another
     assert not PRESETS["l2m"].same_network(PRESETS["l2m"].replace(encoder="vits14"))
     assert not PRESETS["l2m-tiny"].same_network(PRESETS["romatch"])
 

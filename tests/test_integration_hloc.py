@@ -226,9 +226,9 @@ def test_adapter_presets_and_configs_with_l2m_tiny(monkeypatch):
     for extra in ({}, {"preset": "l2m-tiny"}, {"config": str(root / "l2m_tiny.yaml")}):
         net = _hloc_model(extra).net
         assert net.weights_name == "l2m-tiny" and net.config == PRESETS["l2m-tiny"], extra
-    assert _hloc_model({"preset": "tiny", "coarse_res": 128}).net.config.coarse_res == (128, 128)
+    assert _hloc_model({"preset": "l2m-tiny", "coarse_res": 128}).net.config.coarse_res == (128, 128)
     for extra in ({"preset": "romatch"}, {"config": str(root / "l2m.yaml")}):
-        with pytest.raises(ArchitectureMismatchError, match="are arch tiny but the config is for arch roma") as err:
+        with pytest.raises(ArchitectureMismatchError, match="are arch tiny-ds but the config is for arch roma") as err:
             _hloc_model(extra)
         assert len(str(err.value).splitlines()) <= 3 and "preset l2m-tiny" in str(err.value)
     with pytest.raises(ValueError, match="cannot be applied"):

@@ -235,8 +235,10 @@ def test_default_weights_with_presets_and_configs(monkeypatch, dense):
     for out in outs[1:]:
         for k in KEYS:
             assert torch.equal(out[k], outs[0][k]), k
-    assert KorniaL2M(preset="tiny").matcher.config.coarse_res == (320, 320)  # same network, 320 px
-    with pytest.raises(ArchitectureMismatchError, match="are arch tiny but the config is for arch roma") as err:
+    assert KorniaL2M(preset="l2m-tiny", coarse_res=256).matcher.config.coarse_res == (256, 256)
+    with pytest.raises(ArchitectureMismatchError, match="are arch tiny-ds but the config is for arch tiny"):
+        KorniaL2M(preset="tiny")  # the first l2m-tiny's network
+    with pytest.raises(ArchitectureMismatchError, match="are arch tiny-ds but the config is for arch roma") as err:
         KorniaL2M(preset="romatch")
     assert len(str(err.value).splitlines()) <= 3 and "preset l2m-tiny" in str(err.value)
     with pytest.raises(ValueError, match="not both"):

@@ -65,7 +65,7 @@ def test_default_weights_ship_with_the_package_and_load_offline(monkeypatch):
     assert path == W.packaged_path(entry) and path.is_relative_to(Path(W.__file__).parent)
     assert entry.sha256 is not None and path.stat().st_size == entry.size <= 20 * 2**20
     model = W.load_matcher()
-    assert model.weights_name == "l2m-tiny" and model.config.arch == "tiny"
+    assert model.weights_name == "l2m-tiny" and model.config.arch == "tiny-ds"
     assert sum(p.numel() for p in model.parameters()) <= 5_000_000
     assert L2M.from_pretrained().weights_name == "l2m-tiny"
 
@@ -98,9 +98,9 @@ def test_config_of_another_architecture_is_a_short_error(hub_dir, monkeypatch, t
 
     monkeypatch.setenv(W.OFFLINE_ENV, "1")  # a download attempt would fail differently
     cases = [
-        ("l2m-tiny", {"config": PRESETS["romatch"]}, "l2m-tiny", "tiny", "roma/vitl14"),
-        ("l2m-tiny", {"arch": "roma", "coarse_res": 280}, "l2m-tiny", "tiny", "roma/vitl14"),
-        ("l2mpp-v2", {"config": PRESETS["l2m-tiny"]}, "l2m", "roma/vitl14", "tiny"),
+        ("l2m-tiny", {"config": PRESETS["romatch"]}, "l2m-tiny", "tiny-ds", "roma/vitl14"),
+        ("l2m-tiny", {"arch": "roma", "coarse_res": 280}, "l2m-tiny", "tiny-ds", "roma/vitl14"),
+        ("l2mpp-v2", {"config": PRESETS["l2m-tiny"]}, "l2m", "roma/vitl14", "tiny-ds"),
         ("l2mpp-v2", {"encoder": "vits14"}, "l2m", "roma/vitl14", "roma/vits14"),
     ]
     for weights, kwargs, fix, weights_arch, config_arch in cases:
@@ -113,12 +113,13 @@ def test_config_of_another_architecture_is_a_short_error(hub_dir, monkeypatch, t
         assert f"preset {fix}" in msg
     assert W.ArchitectureMismatchError("x", PRESETS["l2m-tiny"], PRESETS["l2m"]).weights_for_config == [
         "l2mpp-v1", "l2mpp-v2", "roma-outdoor"]  # fmt: skip
-    # a checkpoint file whose stored config is the tiny network
+    # a checkpoint file whose stored config is the tiny-ds network
     path = W.save_checkpoint(W.load_matcher(), tmp_path / "mine.pth")
-    with pytest.raises(W.ArchitectureMismatchError, match="are arch tiny but the config is for arch roma"):
+    with pytest.raises(W.ArchitectureMismatchError, match="are arch tiny-ds but the config is for arch roma"):
         W.load_matcher(path, config=PRESETS["l2m"])
     # any config of the weights' own architecture applies whole
-    assert W.load_matcher(path, config=PRESETS["tiny"]).config == PRESETS["tiny"]
+    own = PRESETS["l2m-tiny"].replace(coarse_res=256, sample_thresh=0.1)
+    assert W.load_matcher(path, config=own).config == own
     assert W.load_matcher("l2m-tiny", config=PRESETS["l2m-tiny"], coarse_res=128).config.coarse_res == (128, 128)
 
 

@@ -119,4 +119,4 @@ def test_preset_choices_are_the_presets_table():
     for cmd in ("match", "reconstruct", "match-pairs", "bench"):
         action = next(a for a in sub[cmd]._actions if a.dest == "preset")
         assert list(action.choices) == list(PRESETS) and "l2m-tiny" in action.choices
-        assert "arch tiny: l2m-tiny" in action.help
+        assert "arch tiny-ds: l2m-tiny" in action.help

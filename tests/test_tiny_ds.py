@@ -12,7 +12,11 @@ from l2m_plugin import L2M
 from l2m_plugin.config import ARCH_PRESETS, ArchConfig, MatcherConfig
 from l2m_plugin.coords import normalized_grid
 from l2m_plugin.models.decoder import DualSoftmaxMatcher, _AttentionBlock, sine_position_encoding
-from l2m_plugin.synthesis.homography import HomographyConfig, homography_warp, random_homography_pair
+from l2m_plugin.synthesis.homography import (
+    HomographyConfig,
+    homography_warp,
+    random_homography_pair,
+)
 from l2m_plugin.training.losses import RobustLoss, cell_targets
 
 
@@ -143,8 +147,11 @@ def test_ds_loss_is_low_for_the_true_assignment_and_trains():
     good = torch.full((n, L, L), -30.0)
     good[:, torch.arange(L), torch.arange(L)] = 0.0
     bad = good.roll(1, dims=2)
-    out = lambda lp: {8: {"flow": warp_gt[:, ::8, ::8].permute(0, 3, 1, 2) * 0, "certainty": torch.zeros(n, 1, h, w),
-                          "ds_log_p": lp, "gm_certainty": torch.zeros(n, 1, h, w)}}  # noqa: E731
+
+    def out(lp):
+        zeros = torch.zeros(n, 1, h, w)
+        return {8: {"flow": torch.zeros(n, 2, h, w), "certainty": zeros, "ds_log_p": lp, "gm_certainty": zeros}}
+
     loss = RobustLoss()
     _, s_good = loss(out(good), warp_gt, valid)
     _, s_bad = loss(out(bad), warp_gt, valid)

@@ -284,7 +284,10 @@ def _state(path: Path) -> dict:
 def test_resume_gives_the_weights_of_an_uninterrupted_run(synth_root, tmp_path):
     full = Trainer(_conf(synth_root, tmp_path / "full", steps=4)).run()
     stopped = Trainer(_conf(synth_root, tmp_path / "cut", steps=4, stop_at=2)).run()
-    assert stopped.name == "step_0000002.pt" and not (tmp_path / "cut" / "model.pth").exists()
+    assert stopped.name == "model_step_0000002.pth" and not (tmp_path / "cut" / "model.pth").exists()
+    assert (tmp_path / "cut" / "checkpoints" / "step_0000002.pt").is_file()
+    early = L2M.from_pretrained(stopped)  # the model where the run stopped, loadable for evaluation
+    assert early.weights_name == "cut-step2"
     resumed = Trainer(_conf(synth_root, tmp_path / "cut", steps=4)).run()
     a, b = _state(full), _state(resumed)
     assert set(a) == set(b)

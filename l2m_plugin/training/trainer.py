@@ -14,6 +14,7 @@ A run lives in one folder (``train.out``)::
     tensorboard/              when torch.utils.tensorboard imports
     checkpoints/step_XXXXXXX.pt   full training state (atomic writes, the last few kept)
     model.pth                 the final model for inference: ``L2M.from_pretrained(path)``
+    model_step_XXXXXXX.pth    the model where a run stopped early (``train.stop_at``), same format
 
 A folder holding a run of another configuration is refused unless ``overwrite``; one
 with the same configuration is resumed from its last checkpoint. A resumed run ends
@@ -477,14 +478,14 @@ class Trainer:
         _set_rng_state(state["rng"])
         return int(state["step"])
 
-    def export(self, path: Path | None = None) -> Path:
+    def export(self, path: Path | None = None, step: int | None = None) -> Path:
         """Write the model for inference (config + weights, ``l2m_plugin`` format; loads with
         :meth:`L2M.from_pretrained`). Rank 0 writes; returns the path."""
         from ..weights import save_checkpoint
 
         path = path or self.out / "model.pth"
         if self.rank == 0:
-            self.model.weights_name = f"{self.out.name}-step{int(self.conf.train.steps)}"
+            self.model.weights_name = f"{self.out.name}-step{int(step if step is not None else self.conf.train.steps)}"
             save_checkpoint(self.model, path)
         return path
 
@@ -679,7 +680,8 @@ class Trainer:
             dist.barrier()
         if step < steps:
             logger.info("stopped at step %d of %d (train.stop_at); resume with the same configuration", step, steps)
-            return self.out / "checkpoints" / f"step_{step:07d}.pt"
+            # the model as it stands, for evaluation (l2m-tiny is such a model: README)
+            return self.export(self.out / f"model_step_{step:07d}.pth", step=step)
         path = self.export()
         if distributed:
             dist.barrier()

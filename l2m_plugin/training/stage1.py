@@ -52,8 +52,8 @@ STAGE1_DEFAULT_CONF: dict[str, Any] = {
     "train": {
         "out": "???",
         "init_weights": "l2m-tiny", # the matcher whose encoder is made 3D-aware (registry name or path)
-        "level": 16,                # encoder level lifted and regressed (16: coarse features)
-        "trainable": "coarse",      # coarse (the stride-16 module / DINOv2) | all (the whole encoder)
+        "level": 8,                 # encoder level lifted and regressed (16: coarse features; l2m-tiny has none)
+        "trainable": "all",         # coarse (the stride-16 module / DINOv2) | all (the whole encoder)
         "steps": 500,
         "batch_size": 8,            # views per process
         "seed": 0,

@@ -47,6 +47,7 @@ the ``identity`` group's median error and score are in its title and in ``metric
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -56,9 +57,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sfm.pipeline import _atomic_json
 from .base import Benchmark, BenchmarkDataError, BenchmarkPair, pair_rng
-from .estimation import estimate_homography
-from .metrics import homography_corner_error, pose_auc
+from .hpatches import HPatches, dkm_corner_error
+from .metrics import pose_auc
 
 __all__ = ["HomographyBenchmark", "reprojection_errors"]
 
@@ -94,12 +96,6 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 class HomographyBenchmark(Benchmark):
     """Synthetic homography pairs of held-out photos (see the module docstring).
 
@@ -121,15 +117,8 @@ class HomographyBenchmark(Benchmark):
             "cache_dir": None,
         },
         "predict": {"num_matches": 5000, "seed": 0, "samples_per_pair": 1},
-        "eval": {
-            "pixel_offset": -0.5,
-            "ransac_threshold_px": 3.0,
-            "ransac_conf": 0.99999,
-            "normalize_short_side": 480,
-            "auc_thresholds": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
-            "pck_thresholds": list(PCK_THRESHOLDS),
-            "seed": 0,
-        },
+        # HPatches' DKM protocol for the corner error, plus the PCK thresholds
+        "eval": {**copy.deepcopy(HPatches.default_conf["eval"]), "pck_thresholds": list(PCK_THRESHOLDS)},
     }
     protocols = {"dkm": {}}
 
@@ -241,22 +230,12 @@ class HomographyBenchmark(Benchmark):
             "median_score": float(np.median(scores)) if n else None,
             "num_below": {f"{t:g}": int(np.sum(e < t)) for t in c["pck_thresholds"]},
         }
-        (w0, h0), (w1, h1) = size0, size1
-        norm = min(w1, h1) / c["normalize_short_side"] if c["normalize_short_side"] else 1.0
-        k0 = np.asarray(kpts0, np.float64) + c["pixel_offset"]
-        k1 = np.asarray(kpts1, np.float64) + c["pixel_offset"]
-        seed = int(pair_rng(c["seed"], pair.index).integers(2**31 - 1))
-        try:
-            H_est = estimate_homography(k0, k1, c["ransac_threshold_px"] * norm, conf=c["ransac_conf"], seed=seed)
-        except Exception:  # OpenCV errors on degenerate input: no estimate
-            H_est = None
         # the true H in the estimate's convention: T(offset) H T(-offset) (offset -0.5: pixel
         # centres on integers, l2m_plugin.synthesis.homography.to_opencv)
         o = float(c["pixel_offset"])
         T = lambda d: np.array([[1, 0, d], [0, 1, d], [0, 0, 1.0]])  # noqa: E731
-        H_gt = T(o) @ H @ T(-o)
-        rec["corner_error_px"] = homography_corner_error(H_est, H_gt, w0, h0) / norm
-        rec["failed"] = H_est is None
+        err, failed = dkm_corner_error(kpts0, kpts1, T(o) @ H @ T(-o), size0, size1, c, pair.index)
+        rec["corner_error_px"], rec["failed"] = err, failed
         return rec
 
     def failed_pair(self, pair: BenchmarkPair) -> dict:

@@ -36,12 +36,41 @@ from .base import Benchmark, BenchmarkDataError, BenchmarkPair, pair_rng
 from .estimation import estimate_homography
 from .metrics import homography_corner_error, pose_auc
 
-__all__ = ["HPatches", "SKIP_SEQUENCES"]
+__all__ = ["HPatches", "SKIP_SEQUENCES", "dkm_corner_error"]
 
 SKIP_SEQUENCES = [
     "i_contruction", "i_crownnight", "i_dc", "i_pencils", "i_whitebuilding",
     "v_artisans", "v_astronautis", "v_talent",
 ]  # fmt: skip
+
+
+def dkm_corner_error(kpts0, kpts1, H_gt: np.ndarray, size0, size1, conf, pair_index: int) -> tuple[float, bool]:
+    """DKM's HPatches homography error of one pair's matches (shared by :class:`HPatches` and
+    :class:`~l2m_plugin.eval.homography.HomographyBenchmark`).
+
+    Args:
+        kpts0, kpts1: (N, 2) COLMAP pixel coordinates (pixel centres at i + 0.5); shifted by
+            ``conf["pixel_offset"]`` (DKM: -0.5, pixel centres on integers) before the estimate.
+        H_gt: (3, 3) true homography in that shifted convention.
+        size0, size1: (W, H) of the images in pixels.
+        conf: the ``eval`` conf: ``pixel_offset``, ``ransac_threshold_px``, ``ransac_conf``,
+            ``normalize_short_side`` (errors and the threshold scale with image 1's short side
+            over it; 0 / None: no scaling), ``seed``.
+        pair_index: seeds the RANSAC with ``pair_rng(conf["seed"], pair_index)``.
+    Returns:
+        ``(mean corner error of the estimate in normalised pixels (inf without one), failed)``;
+        OpenCV errors on degenerate input count as no estimate (DKM).
+    """
+    (w0, h0), (w1, h1) = size0, size1
+    norm = min(w1, h1) / conf["normalize_short_side"] if conf["normalize_short_side"] else 1.0
+    k0 = np.asarray(kpts0, np.float64) + conf["pixel_offset"]
+    k1 = np.asarray(kpts1, np.float64) + conf["pixel_offset"]
+    seed = int(pair_rng(conf["seed"], pair_index).integers(2**31 - 1))
+    try:
+        H = estimate_homography(k0, k1, conf["ransac_threshold_px"] * norm, conf=conf["ransac_conf"], seed=seed)
+    except Exception:  # OpenCV errors on degenerate input count as no estimate (DKM)
+        H = None
+    return homography_corner_error(H, np.asarray(H_gt, np.float64), w0, h0) / norm, H is None
 
 
 class HPatches(Benchmark):
@@ -118,17 +147,8 @@ class HPatches(Benchmark):
         c = self.conf["eval"]
         if sample_index is not None:  # DKM estimates once per pair: the first draw
             kpts0, kpts1 = kpts0[sample_index == 0], kpts1[sample_index == 0]
-        (w0, h0), (w1, h1) = size0, size1
-        norm = min(w1, h1) / c["normalize_short_side"] if c["normalize_short_side"] else 1.0
-        k0 = np.asarray(kpts0, np.float64) + c["pixel_offset"]
-        k1 = np.asarray(kpts1, np.float64) + c["pixel_offset"]
-        seed = int(pair_rng(c["seed"], pair.index).integers(2**31 - 1))
-        try:
-            H = estimate_homography(k0, k1, c["ransac_threshold_px"] * norm, conf=c["ransac_conf"], seed=seed)
-        except Exception:  # OpenCV errors on degenerate input count as no estimate (DKM)
-            H = None
-        err = homography_corner_error(H, pair.H_0to1, w0, h0) / norm
-        return {"num_matches": len(k0), "error_px": err, "failed": H is None}
+        err, failed = dkm_corner_error(kpts0, kpts1, pair.H_0to1, size0, size1, c, pair.index)
+        return {"num_matches": len(kpts0), "error_px": err, "failed": failed}
 
     def failed_pair(self, pair: BenchmarkPair) -> dict:
         return {"num_matches": 0, "error_px": float("inf"), "failed": True}

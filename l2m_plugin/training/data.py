@@ -301,6 +301,8 @@ class HomographyPairs(_PairDataset):
         size: training (height, width).
         split: "train" (default), "heldout" or "all": the ``l2m synth --split`` rule, so
             training never sees the held-out photos of the benchmarks.
+        holdout_every: that rule's period (photo ``j`` of the sorted listing is held out
+            when ``j % holdout_every == 0``; 10, as ``l2m synth``).
         length: items per pass (default: one per photo).
         config: :class:`~l2m_plugin.synthesis.homography.HomographyConfig`.
         max_side: photos are shrunk (area) so that their shorter side is at most this

@@ -130,8 +130,7 @@ def anchor_targets(warp: torch.Tensor, res: int) -> torch.Tensor:
     Returns:
         (...) int64 indices in [0, R*R).
     """
-    cell = ((warp + 1) * (res / 2)).floor().clamp(0, res - 1).long()
-    return cell[..., 1] * res + cell[..., 0]
+    return cell_targets(warp, res, res)
 
 
 def cell_targets(warp: torch.Tensor, h: int, w: int) -> torch.Tensor:

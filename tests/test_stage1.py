@@ -308,3 +308,9 @@ def test_stage1_ddp_two_gloo_processes_share_the_lifting_and_agree(photos, tmp_p
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
+
+
+def test_stage1_refuses_the_coarse_module_of_a_network_without_one(photos, tmp_path):
+    """l2m-tiny (tiny-ds) has no stride-16 module: asking to tune it names the fix."""
+    with pytest.raises(TrainConfigError, match="no stride-16 module.*train.level=8 train.trainable=all"):
+        Stage1Trainer(_s1conf(photos, tmp_path / "run", shipped=True, steps=1, level=16, trainable="coarse")).run()

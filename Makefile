@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 # authors' weights: l2m match A B --weights l2mpp-v2 --out DIR.
 demo: install
 	$(L2M) match $(PAIRS)/sacre_coeur_A.jpg $(PAIRS)/sacre_coeur_B.jpg --out outputs/demo
-	@echo "Demo outputs: outputs/demo/matches.h5 (keypoints0, keypoints1, certainty, config) and outputs/demo/matches.png"
+	@echo "Demo outputs: outputs/demo/correspondences.h5 (keypoints0, keypoints1, certainty, config) and outputs/demo/matches.png"
 
 # The official file layout, offline: random weights written as the authors release them
 # (Lightning v2 .ckpt + DINOv2 file), loaded through the same code path as the real files.

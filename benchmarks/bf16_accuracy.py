@@ -31,8 +31,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from l2m_plugin.hardware import cpu_bf16_support
-    from l2m_plugin.sfm.pairs import list_images
-    from l2m_plugin.weights import DEFAULT_WEIGHTS, load_matcher
+    from l2m_plugin.io import list_images
+    from l2m_plugin.models.matcher import load_matcher
+    from l2m_plugin.weights import DEFAULT_WEIGHTS
 
     if cpu_bf16_support() == "none":
         print("this CPU has no bfloat16 instructions: the bfloat16 mode runs float32 here", file=sys.stderr)

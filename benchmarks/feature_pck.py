@@ -63,7 +63,7 @@ def load_weights(spec: str, seed: int):
 
     if spec.startswith("random:"):
         from l2m_plugin.config import PRESETS
-        from l2m_plugin.random_init import random_matcher
+        from l2m_plugin.testing.random_init import random_matcher
 
         preset = spec.split(":", 1)[1]
         if preset not in PRESETS:

@@ -8,7 +8,7 @@ Three measurements, each optional, all with the same model:
    pixel grid (bilinear, pixel centres at i + 0.5) and compared with the exact
    ground-truth ``warp0`` wherever ``valid0``: end-point error (EPE) in pixels of
    image 1 and dense PCK@1/3/5 px. The sampled matches (``--num-matches``) and
-   SIFT's matches (ratio test + mutual check, :class:`~l2m_plugin.sfm.matching.SiftPairMatcher`)
+   SIFT's matches (ratio test + mutual check, :class:`~l2m_plugin.matching.dense.SiftPairMatcher`)
    are scored the same way: the share of matches whose keypoint in image 1 lies
    within 1/3/5 px of the ground truth at its keypoint in image 0 (matches on
    pixels without ground truth are left out and counted).
@@ -77,7 +77,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
 
 
 def _load_model(args):
-    from l2m_plugin.weights import load_matcher
+    from l2m_plugin.models.matcher import load_matcher
 
     overrides = {}
     if args.coarse_res:
@@ -220,7 +220,7 @@ def _coverage(kp: np.ndarray, size: tuple[int, int], cells: int = 10) -> float:
 
 def real_pairs(model, sift_cls, pairs_dir: Path, num: int, px: float, seed: int, sift_kw: dict) -> dict:
     """RANSAC inliers of the model's and SIFT's matches on ``<name>_A`` / ``<name>_B`` pairs."""
-    from l2m_plugin.sfm.pairs import list_images
+    from l2m_plugin.io import list_images
 
     names = list_images(pairs_dir)
     stems = sorted({n.rsplit("_", 1)[0] for n in names if n.rsplit(".", 1)[0].endswith(("_A", "_B"))})
@@ -256,7 +256,8 @@ def real_pairs(model, sift_cls, pairs_dir: Path, num: int, px: float, seed: int,
 
 def sfm(model, image_dir: Path, work: Path, num: int, seed: int, sift_kw: dict) -> dict:
     """``reconstruct`` with the model and with SIFT on the same folder."""
-    from l2m_plugin.sfm.matching import DensePairMatcher, SiftPairMatcher
+    from l2m_plugin.matching.dense import DensePairMatcher
+    from l2m_plugin.matching.sift import SiftPairMatcher
     from l2m_plugin.sfm.pipeline import reconstruct
 
     res = {}
@@ -340,7 +341,7 @@ def _report(r: dict) -> str:
 def main(argv=None) -> int:
     args = _parse_args(argv)
     torch.set_num_threads(args.threads)
-    from l2m_plugin.sfm.matching import SiftPairMatcher
+    from l2m_plugin.matching.sift import SiftPairMatcher
 
     for flag in ("synth", "pairs_dir", "sfm"):
         path = getattr(args, flag)

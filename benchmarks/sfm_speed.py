@@ -35,9 +35,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
 
     from l2m_plugin.config import PRESETS
-    from l2m_plugin.random_init import random_matcher
-    from l2m_plugin.sfm.matching import DensePairMatcher
-    from l2m_plugin.sfm.pairs import list_images
+    from l2m_plugin.io import list_images
+    from l2m_plugin.matching.dense import DensePairMatcher
+    from l2m_plugin.testing.random_init import random_matcher
 
     names = list_images(args.images)[: args.max_images]
     pairs = list(itertools.combinations(names, 2))

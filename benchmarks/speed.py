@@ -458,7 +458,7 @@ def _time_loop(impl: str, args, match_fn, sample_fn) -> tuple[dict, object]:
 def _child_l2m(args, workdir: Path) -> tuple[dict, dict]:
     import torch
 
-    from l2m_plugin.weights import load_matcher
+    from l2m_plugin.models.matcher import load_matcher
 
     t = time.perf_counter()
     model = load_matcher(

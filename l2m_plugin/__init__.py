@@ -10,8 +10,8 @@ Public API::
 Nothing is downloaded at import or at model construction.
 """
 
-from .config import PRESETS, MatcherConfig
-from .models.matcher import L2M
+from l2m_plugin.config import PRESETS, MatcherConfig
+from l2m_plugin.models.matcher import L2M, load_matcher
 
 __version__ = "0.1.0"
-__all__ = ["L2M", "MatcherConfig", "PRESETS", "__version__"]
+__all__ = ["L2M", "MatcherConfig", "PRESETS", "load_matcher", "__version__"]

@@ -1,7 +1,7 @@
 """The ``l2m`` command line.
 
 Subcommands:
-    ``l2m match IMAGE0 IMAGE1 --out DIR``  match two images, write matches.h5 and matches.png
+    ``l2m match IMAGE0 IMAGE1 --out DIR``  match two images, write correspondences.h5 and matches.png
     ``l2m make-checkpoint --out DIR``       random-init weights in the official file layout
     ``l2m weights``                         list the weights registry and what is cached
     ``l2m reconstruct IMAGE_DIR OUT_DIR``   images -> COLMAP model (pairs, matching, tracks, pycolmap)
@@ -24,6 +24,39 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from l2m_plugin import __version__
+from l2m_plugin import io as l2m_io
+from l2m_plugin.config import PRESETS, MatcherConfig
+from l2m_plugin.eval import BenchmarkDataError, get_benchmark, make_matcher
+from l2m_plugin.formats.correspondences import FILE_NAME as CORRESPONDENCES
+from l2m_plugin.formats.correspondences import write_correspondences
+from l2m_plugin.formats.pair_store import STORE_NAME, PairMatchStore, merge_pair_files
+from l2m_plugin.formats.pairs_txt import write_pairs
+from l2m_plugin.io import ImageLoadError, list_images
+from l2m_plugin.matching.build import build_matcher
+from l2m_plugin.matching.dense import DensePairMatcher
+from l2m_plugin.matching.sift import SiftPairMatcher
+from l2m_plugin.sfm.pairs import parse_pairs_spec, shard_pairs
+from l2m_plugin.sfm.pipeline import match_pairs, reconstruct, write_tracks
+from l2m_plugin.synthesis import SynthesisError
+from l2m_plugin.synthesis.config import load_config
+from l2m_plugin.synthesis.errors import BackendUnavailableError, ConfigMismatchError
+from l2m_plugin.synthesis.generate import RunSettings, run_synthesis
+from l2m_plugin.testing.random_init import random_matcher
+from l2m_plugin.training import DataError, TrainConfigError, load_conf
+from l2m_plugin.training.stage1 import Stage1Trainer, load_stage1_conf
+from l2m_plugin.training.trainer import Trainer
+from l2m_plugin.viz import draw_matches
+from l2m_plugin.weights import (
+    DEFAULT_WEIGHTS,
+    REGISTRY,
+    ArchitectureMismatchError,
+    WeightsError,
+    cache_path,
+    save_checkpoint,
+    save_official_layout,
+)
 
 __all__ = ["main"]
 
@@ -82,9 +115,6 @@ def _load_model(args: argparse.Namespace, progress: _Progress, prog: str):
     """The L2M model the matcher flags ask for, or None after printing the error."""
     import torch
 
-    from .config import resolve_config
-    from .weights import DEFAULT_WEIGHTS, ArchitectureMismatchError, WeightsError, load_matcher
-
     overrides = {}
     if args.coarse_res is not None:
         overrides["coarse_res"] = _res(args.coarse_res)
@@ -92,11 +122,6 @@ def _load_model(args: argparse.Namespace, progress: _Progress, prog: str):
         overrides["upsample_res"] = _res(args.upsample_res)
     if args.dtype:
         overrides["dtype"] = args.dtype
-    try:
-        config = resolve_config(args.preset, args.config)
-    except (OSError, ValueError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return None
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.weights is None:
@@ -106,11 +131,12 @@ def _load_model(args: argparse.Namespace, progress: _Progress, prog: str):
                  "`--weights l2mpp-v2` for the authors' L2M++)")  # fmt: skip
     progress(f"loading weights {args.weights!r}" + (f" + encoder {args.encoder_weights!r}" if args.encoder_weights else ""))
     try:
-        model = load_matcher(args.weights, config=config, encoder_weights=args.encoder_weights, device=args.device, **overrides)
+        model = build_matcher(args.weights, preset=args.preset, config=args.config,
+                              encoder_weights=args.encoder_weights, device=args.device, **overrides)  # fmt: skip
     except ArchitectureMismatchError as exc:
         print(f"{prog}: error: {_arch_mismatch_message(exc, args)}", file=sys.stderr)
         return None
-    except (WeightsError, ValueError) as exc:
+    except (WeightsError, ValueError, OSError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return None
     cfg = model.config
@@ -123,10 +149,6 @@ def _load_model(args: argparse.Namespace, progress: _Progress, prog: str):
 
 def _cmd_match(args: argparse.Namespace) -> int:
     import torch
-
-    from . import io as l2m_io
-    from .matches_io import write_matches
-    from .viz import draw_matches
 
     progress = _Progress(args.quiet)
     out_dir = Path(args.out)
@@ -151,7 +173,6 @@ def _cmd_match(args: argparse.Namespace) -> int:
         "image_size0": im0.stored_size,
         "image_size1": im1.stored_size,
     }
-    from . import __version__
 
     attrs = {
         "image0": str(args.image0),
@@ -165,7 +186,7 @@ def _cmd_match(args: argparse.Namespace) -> int:
         "exif_orientation1": im1.orientation,
         "l2m_plugin_version": __version__,
     }
-    h5_path = write_matches(out_dir / "matches.h5", stored, attrs)
+    h5_path = write_correspondences(out_dir / CORRESPONDENCES, stored, attrs)
     c = m["certainty"]
     title = (
         f"{model.weights_name}: {len(c)} matches, certainty median {float(c.median()) if len(c) else 0:.3f}"
@@ -184,9 +205,6 @@ def _cmd_match(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
-    from .config import MatcherConfig
-    from .random_init import random_matcher
-    from .weights import save_checkpoint, save_official_layout
 
     progress = _Progress(args.quiet)
     progress(f"building a randomly initialised {args.encoder} matcher (seed {args.seed})"
@@ -206,7 +224,6 @@ def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
-    from .weights import DEFAULT_WEIGHTS, REGISTRY, cache_path
 
     for e in REGISTRY.values():
         p = cache_path(e)
@@ -221,7 +238,6 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 
 def _pair_matcher(args: argparse.Namespace, image_dir: Path, progress: _Progress, prog: str):
     """The SfM pair matcher the flags ask for (L2M, or OpenCV SIFT), or None after an error."""
-    from .sfm.matching import DensePairMatcher, SiftPairMatcher
 
     if args.matcher == "sift":
         progress(f"matcher: OpenCV SIFT ({args.sift_features} features, ratio test {args.sift_ratio})")
@@ -267,8 +283,6 @@ def _mapper_option(value: str) -> tuple[str, object]:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .io import ImageLoadError
-    from .sfm.pipeline import reconstruct
 
     progress = _Progress(args.quiet)
     image_dir, out = Path(args.image_dir), Path(args.out_dir)
@@ -309,9 +323,6 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _cmd_match_pairs(args: argparse.Namespace) -> int:
-    from .sfm.h5 import PairMatchStore
-    from .sfm.pairs import list_images, parse_pairs_spec, shard_pairs
-    from .sfm.pipeline import match_pairs
 
     progress = _Progress(args.quiet)
     image_dir = Path(args.image_dir)
@@ -344,37 +355,27 @@ def _cmd_match_pairs(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from .sfm.h5 import PairMatchStore, merge_pair_files, write_features, write_matches
-    from .sfm.pairs import write_pairs
-    from .sfm.tracks import build_tracks
-
     progress = _Progress(args.quiet)
     out = Path(args.out)
     try:
-        n = merge_pair_files(args.shards, out / "pair_matches.h5")
+        n = merge_pair_files(args.shards, out / STORE_NAME)
     except (FileNotFoundError, ValueError, OSError) as exc:
         print(f"l2m merge: error: {exc}", file=sys.stderr)
         return 2
-    store = PairMatchStore(out / "pair_matches.h5")
+    store = PairMatchStore(out / STORE_NAME)
     sizes = store.image_sizes()
     items = list(store.items())
     write_pairs(out / "pairs.txt", [(a, b) for a, b, *_ in items])
-    tracks = build_tracks(((a, b, k0 + 0.5, k1 + 0.5, s) for a, b, k0, k1, s in items), sizes, cell_size=args.cell_size)
     names = sorted(sizes)
-    for name in names:
-        tracks.keypoints.setdefault(name, [])
-    write_features(out / "features.h5", {k: (v - 0.5 if len(v) else v) for k, v in tracks.keypoints.items()}, sizes)
-    write_matches(out / "matches.h5", tracks.matches, {k: len(v) for k, v in tracks.keypoints.items()})
+    write_tracks(out, items, sizes, names, cell_size=args.cell_size)
     progress(f"merged {len(args.shards)} shards: {n} pairs, {len(names)} images")
-    for f in ("pair_matches.h5", "pairs.txt", "features.h5", "matches.h5"):
+    for f in (STORE_NAME, "pairs.txt", "features.h5", "matches.h5"):
         print(out / f)
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
-
-    from .eval import BenchmarkDataError, get_benchmark, make_matcher
 
     prog = "l2m bench"
     progress = _Progress(args.quiet)
@@ -424,10 +425,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    """Novel-view training pairs in the "l2m-synth" format (l2m_plugin.synthesis.dataset)."""
-    from .synthesis.config import load_config
-    from .synthesis.dataset import RunSettings, run_synthesis
-    from .synthesis.errors import BackendUnavailableError, ConfigMismatchError
+    """Novel-view training pairs in the "l2m-synth" format (l2m_plugin.formats.synth_pairs)."""
 
     prog = "l2m synth"
     progress = _Progress(args.quiet)
@@ -461,12 +459,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     """``l2m train stage1`` / ``stage2``: load the YAML and overrides, run, print model.pth."""
     import logging
 
-    from .synthesis import SynthesisError
-    from .training import DataError, TrainConfigError, load_conf
-    from .training.stage1 import Stage1Trainer, load_stage1_conf
-    from .training.trainer import Trainer
-    from .weights import WeightsError
-
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[l2m %(asctime)s] %(message)s", stream=sys.stderr)
     overrides = list(args.overrides)
@@ -496,7 +488,6 @@ def _add_matcher_flags(p: argparse.ArgumentParser, sfm: bool = False) -> None:
                    help="registry name (see `l2m weights`) or checkpoint path; default: l2m-tiny, shipped with "
                         "the package (works offline; l2mpp-v2 is the authors' L2M++, downloaded once)")  # fmt: skip
     p.add_argument("--encoder-weights", default=None, help="ViT weights for official-layout matchers (name or path)")
-    from .config import PRESETS
 
     by_arch: dict[str, list[str]] = {}
     for name, conf in PRESETS.items():
@@ -523,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="l2m", description="L2M / L2M++ dense feature matching.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    m = sub.add_parser("match", help="match two images; write matches.h5 and matches.png")
+    m = sub.add_parser("match", help="match two images; write correspondences.h5 and matches.png")
     m.add_argument("image0")
     m.add_argument("image1")
     m.add_argument("--out", required=True, help="output folder")
@@ -594,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--resize", type=int, default=None, help="loftr/disk: long side of the input images")
     b.add_argument("--max-pairs", type=int, default=None, help="only the first N pairs of the official list")
     b.add_argument("--eval-only", action="store_true", help="evaluate the cached matches, match nothing")
-    b.add_argument("--published", default=None, help="published.json to compare with (default: benchmarks/NAME/published.json)")
+    b.add_argument("--published", default=None, help="published.json to compare with (default: l2m_plugin/eval/published/NAME.json)")
     b.add_argument("--memory-budget-gb", type=float, default=4.0)
     b.add_argument("--overwrite", action="store_true", help="replace a cache made with other settings")
     _add_matcher_flags(b)

@@ -29,12 +29,20 @@ from typing import Any
 
 import torch
 
-__all__ = ["ArchConfig", "ARCH_PRESETS", "MatcherConfig", "PRESETS", "resolve_config"]
+__all__ = ["ArchConfig", "ARCH_PRESETS", "VIT_CONFIGS", "MatcherConfig", "PRESETS", "resolve_config"]
+
+#: DINOv2 ViT name -> (timm architecture, embedding dim)
+VIT_CONFIGS: dict[str, tuple[str, int]] = {
+    "vits14": ("vit_small_patch14_dinov2", 384),
+    "vitb14": ("vit_base_patch14_dinov2", 768),
+    "vitl14": ("vit_large_patch14_dinov2", 1024),
+}
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _pair(v, name: str) -> tuple[int, int]:
+def as_pair(v, name: str) -> tuple[int, int]:
+    """``(height, width)`` from an int (square) or a pair of ints; ValueError names ``name``."""
     if isinstance(v, int):
         v = (v, v)
     try:
@@ -258,14 +266,14 @@ class MatcherConfig:
     def __post_init__(self):
         set_ = object.__setattr__
         set_(self, "arch", _arch(self.arch))
-        set_(self, "coarse_res", _pair(self.coarse_res, "coarse_res"))
+        set_(self, "coarse_res", as_pair(self.coarse_res, "coarse_res"))
         h, w = self.coarse_res
         stride = self.arch_config.coarse_stride
         if h <= 0 or w <= 0 or h % stride or w % stride:
             what = "ViT patch size" if stride == 14 else "stride of the coarse CNN"
             raise ValueError(f"coarse_res must be positive multiples of {stride} ({what}), got {self.coarse_res}")
         if self.upsample_res is not None:
-            set_(self, "upsample_res", _pair(self.upsample_res, "upsample_res"))
+            set_(self, "upsample_res", as_pair(self.upsample_res, "upsample_res"))
             uh, uw = self.upsample_res
             if uh <= 0 or uw <= 0 or uh % 8 or uw % 8:
                 raise ValueError(f"upsample_res must be positive multiples of 8, got {self.upsample_res}")
@@ -277,8 +285,6 @@ class MatcherConfig:
             raise ValueError(f"displacement_scale must be 'l2m' or 'romatch', got {self.displacement_scale!r}")
         if self.gp_solve not in ("cholesky", "inverse"):
             raise ValueError(f"gp_solve must be 'cholesky' or 'inverse', got {self.gp_solve!r}")
-        from .models.encoder import VIT_CONFIGS
-
         if self.encoder not in VIT_CONFIGS:
             raise ValueError(f"encoder must be one of {sorted(VIT_CONFIGS)}, got {self.encoder!r}")
         if self.memory_budget_gb is not None and not float(self.memory_budget_gb) > 0:

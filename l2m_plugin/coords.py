@@ -17,7 +17,12 @@ them goes through this module.
 
 ``hloc``
     hloc / OpenCV convention: the centre of pixel (i, j) is at (i, j), so
-    ``hloc = pixel - 0.5``. Used only at the hloc boundary.
+    ``hloc = pixel - 0.5``. Used at the hloc and OpenCV boundaries, and as the
+    *index* frame of rasterisers (pixel (i, j) covers [i - 0.5, i + 0.5)); the names
+    :func:`index_to_pixel` / :func:`pixel_to_index` say that use.
+
+Every ``+ 0.5`` / ``- 0.5`` between these frames is written here and only here
+(``tests/test_layers.py`` checks it).
 
 It also maps points between an image's *stored* pixel grid and its *upright*
 grid (after applying the EXIF orientation tag, values 1-8 of the EXIF 2.3
@@ -29,10 +34,16 @@ EXIF orientation only to run its detectors upright, colmap/colmap PR #4122).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = [
     "normalized_grid",
+    "pixel_arange",
+    "pixel_mgrid",
+    "index_to_pixel",
+    "pixel_to_index",
+    "MID_GREY",
     "normalized_to_pixel",
     "pixel_to_normalized",
     "pixel_to_hloc",
@@ -78,14 +89,43 @@ def pixel_to_normalized(coords: torch.Tensor, width: float, height: float) -> to
     return coords * scale - 1.0
 
 
-def pixel_to_hloc(coords: torch.Tensor) -> torch.Tensor:
-    """COLMAP pixel coordinates (centres at i + 0.5) to hloc's (centres at i): subtract 0.5."""
+def pixel_to_hloc(coords):
+    """COLMAP pixel coordinates (centres at i + 0.5) to hloc's / OpenCV's (centres at i):
+    subtract 0.5. Any array type (tensor, ndarray, float); same type and dtype out."""
     return coords - 0.5
 
 
-def hloc_to_pixel(coords: torch.Tensor) -> torch.Tensor:
-    """hloc coordinates (centres at i) to COLMAP pixel coordinates (centres at i + 0.5)."""
+def hloc_to_pixel(coords):
+    """hloc / OpenCV coordinates (centres at i) to COLMAP pixel coordinates (centres at
+    i + 0.5): add 0.5. Any array type; same type and dtype out."""
     return coords + 0.5
+
+
+def index_to_pixel(index):
+    """The COLMAP pixel coordinate of the centre of pixel (row or column) ``index``: index + 0.5.
+    Accepts integer or float indices (a float index is a position in the index frame)."""
+    return index + 0.5
+
+
+def pixel_to_index(coords):
+    """COLMAP pixel coordinates to the index frame (centre of pixel i at i), e.g. for
+    ``floor``/``round`` to the pixel that holds a point, or ``grid_sample(align_corners=True)``."""
+    return coords - 0.5
+
+
+def pixel_arange(n: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """(n,) tensor of the pixel-centre coordinates 0.5, 1.5, ..., n - 0.5 (COLMAP frame)."""
+    return torch.arange(n, dtype=dtype, device=device) + 0.5
+
+
+def pixel_mgrid(height: int, width: int, stride: int = 1) -> np.ndarray:
+    """(2, h, w) float64 array ``(y, x)`` of pixel-centre coordinates in the COLMAP frame, every
+    ``stride`` pixels: ``np.mgrid[0:height:stride, 0:width:stride] + 0.5``."""
+    return np.mgrid[0:height:stride, 0:width:stride].astype(np.float64) + 0.5
+
+
+#: The middle of the [0, 1] intensity range (contrast changes pivot on it); not a coordinate.
+MID_GREY = 0.5
 
 
 def _check_orientation(orientation: int) -> int:

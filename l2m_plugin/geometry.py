@@ -13,7 +13,7 @@ Conventions (the project's, see :mod:`l2m_plugin.coords`):
 - warps are normalised coordinates in [-1, 1] of the *other* image
   (:func:`l2m_plugin.coords.pixel_to_normalized`).
 
-This module is shared by the oracle matcher (:mod:`l2m_plugin.oracle`), the SfM
+This module is shared by the oracle matcher (:mod:`l2m_plugin.matching.oracle`), the SfM
 tests and the stage-2 training data (pairs whose correspondences are exact by
 construction, L2M paper Sec. 3.3).
 """
@@ -23,7 +23,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .coords import normalized_grid, normalized_to_pixel, pixel_to_normalized
+from l2m_plugin.coords import (
+    normalized_grid,
+    normalized_to_pixel,
+    pixel_to_hloc,
+    pixel_to_normalized,
+)
 
 __all__ = ["warp_from_depth", "fundamental_from_pose", "epipolar_distance", "to_hloc_intrinsics"]
 
@@ -168,6 +173,5 @@ def to_hloc_intrinsics(K: torch.Tensor) -> torch.Tensor:
     point shifted by -0.5 px in x and y, so it projects to ``colmap_pixel - 0.5``.
     """
     K = K.clone()
-    K[..., 0, 2] -= 0.5
-    K[..., 1, 2] -= 0.5
+    K[..., :2, 2] = pixel_to_hloc(K[..., :2, 2])
     return K

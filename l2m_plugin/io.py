@@ -30,13 +30,16 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from l2m_plugin.coords import upright_size, upright_to_stored
+from l2m_plugin.files import atomic_path
 
 __all__ = [
     "MIN_IMAGE_SIZE",
@@ -44,6 +47,9 @@ __all__ = [
     "LoadedImage",
     "load_image",
     "resize_to_tensor",
+    "IMAGE_EXTENSIONS",
+    "list_images",
+    "write_png",
 ]
 
 #: Smallest accepted upright width and height in pixels (one ViT patch).
@@ -376,3 +382,80 @@ def resize_to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
         image = image.resize((width, height), Image.Resampling.BICUBIC)
     arr = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+#: file extensions (lower case) that :func:`list_images` takes for images
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def _check_unique_keys(names: Sequence[str]) -> None:
+    seen: dict[str, str] = {}
+    for n in names:
+        k = n.replace("/", "-")
+        if k in seen and seen[k] != n:
+            raise ValueError(
+                f"image names {seen[k]!r} and {n!r} collide in hloc's h5 layout (which replaces '/' with '-'): "
+                "rename one of the files"
+            )
+        if k in seen:
+            raise ValueError(f"image name {n!r} is listed twice: image names must be unique")
+        seen[k] = n
+
+
+def list_images(image_dir: str | Path, names: Sequence[str] | None = None, *, check_hloc_keys: bool = True) -> list[str]:
+    """Sorted image names under ``image_dir`` (recursive; by extension, case-insensitive).
+
+    Args:
+        image_dir: folder of images; sub-folders are searched too.
+        names: optional explicit list of names (checked to exist) instead of a search.
+        check_hloc_keys: refuse names that hloc's h5 layout cannot tell apart (for SfM and
+            benchmarks; ``l2m synth`` writes no h5 and passes False).
+    Hidden files and folders (names starting with ``.``) are skipped.
+    Returns:
+        list of names relative to ``image_dir``, ``/``-separated.
+    Raises:
+        FileNotFoundError: ``image_dir`` missing, no images, or a listed name missing.
+        ValueError: two names that hloc's h5 layout cannot tell apart (``a/b.jpg`` and
+            ``a-b.jpg``), or a name listed twice.
+    """
+    root = Path(image_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    if names is None:
+        found = [
+            p.relative_to(root).as_posix()
+            for p in root.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in IMAGE_EXTENSIONS
+            and not any(s.startswith(".") for s in p.relative_to(root).parts)
+        ]
+        names = sorted(found)
+        if not names:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
+    else:
+        names = list(names)
+        missing = [n for n in names if not (root / n).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} listed images are not in {root}, e.g. {missing[:3]}"
+            )
+    if check_hloc_keys:
+        _check_unique_keys(names)
+    return names
+
+
+def write_png(path: str | os.PathLike, image) -> Path:
+    """Write an image as PNG, atomically (a crash never leaves a truncated file).
+
+    Args:
+        path: the ``.png`` file.
+        image: (H, W, 3) uint8 RGB array, or a PIL image.
+    Returns:
+        ``path``.
+    Raises:
+        OSError: the file cannot be written (the temporary file is removed).
+    """
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image))
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .coords import normalized_grid, normalized_to_pixel
+from l2m_plugin.coords import normalized_grid, normalized_to_pixel
 
 __all__ = ["kde", "balanced_sample", "sample_matches"]
 

@@ -13,6 +13,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from l2m_plugin.formats.colmap_model import poses_by_name
+from l2m_plugin.io import write_png
+
 __all__ = ["draw_matches", "draw_reconstruction"]
 
 
@@ -96,12 +99,7 @@ def draw_matches(
 
 def _save_png_atomic(canvas: Image.Image, path: str | os.PathLike) -> Path:
     """Write a PNG through a temporary file renamed into place (no half-written pictures)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial.png")
-    canvas.save(tmp)
-    os.replace(tmp, path)
-    return path
+    return write_png(path, canvas)
 
 
 def draw_reconstruction(rec, path: str | os.PathLike, *, title: str = "", size: int = 900) -> Path:
@@ -119,7 +117,6 @@ def draw_reconstruction(rec, path: str | os.PathLike, *, title: str = "", size: 
     Returns:
         the path written.
     """
-    from .sfm.colmap import poses_by_name
 
     poses = [(R, -R.T @ t) for R, t in poses_by_name(rec).values()]
     pts = np.array([p.xyz for p in rec.points3D.values()]).reshape(-1, 3)

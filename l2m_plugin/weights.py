@@ -1,7 +1,7 @@
 """Weights: the registry of released checkpoints, download into the torch hub cache,
 and strict loading of every checkpoint layout into :class:`l2m_plugin.L2M`.
 
-Layouts understood by :func:`load_matcher`:
+Layouts understood by :func:`load_weights`:
 
 ``official`` (RoMa / L2M release)
     The matcher file holds RoMa's ``RegressionMatcher`` state dict (keys
@@ -23,7 +23,7 @@ only if that refuses the file (pickled Python objects, as some Lightning
 checkpoints hold) is it read again with ``weights_only=False`` and a warning.
 
 Nothing here touches the network except :func:`download`, which
-:func:`load_matcher` calls only for registry names whose file is not cached.
+:func:`load_weights` calls only for registry names whose file is not cached.
 
 One entry ships inside the package and needs no download: ``l2m-tiny``
 (:data:`DEFAULT_WEIGHTS`), a small matcher this project trained offline from single
@@ -47,7 +47,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from .config import PRESETS, MatcherConfig
+from l2m_plugin.config import PRESETS, MatcherConfig
+from l2m_plugin.files import atomic_path
 
 __all__ = [
     "WeightsEntry",
@@ -61,7 +62,10 @@ __all__ = [
     "unwrap_state_dict",
     "map_dinov2_keys",
     "split_official_layout",
-    "load_matcher",
+    "LoadedWeights",
+    "load_weights",
+    "load_state_strict",
+    "encoder_state_dict",
     "save_checkpoint",
     "save_official_layout",
     "OFFLINE_ENV",
@@ -404,7 +408,13 @@ def _has_encoder(sd: Mapping[str, Any]) -> bool:
     return any(k.startswith("encoder.dinov2.") for k in sd)
 
 
-def _strict_load(model, sd: Mapping[str, torch.Tensor], what: str) -> None:
+def load_state_strict(model, sd: Mapping[str, torch.Tensor], what: str) -> None:
+    """Load ``sd`` into ``model`` (any ``nn.Module``, also on the meta device: ``assign=True``),
+    strictly.
+
+    Raises:
+        WeightsError: every missing, unexpected and mis-shaped key listed, ``what`` named.
+    """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
@@ -423,7 +433,7 @@ def _strict_load(model, sd: Mapping[str, torch.Tensor], what: str) -> None:
             return f"\n  {title} ({len(items)}):\n    {shown}{more}"
 
         raise WeightsError(
-            f"Weights from {what} do not fit the model (encoder={model.config.encoder!r}):"
+            f"Weights from {what} do not fit the model (encoder={getattr(getattr(model, 'config', None), 'encoder', '?')!r}):"
             + fmt("missing keys", missing)
             + fmt("unexpected keys", unexpected)
             + fmt("shape mismatches", shapes)
@@ -433,50 +443,70 @@ def _strict_load(model, sd: Mapping[str, torch.Tensor], what: str) -> None:
     model.load_state_dict(sd, strict=True, assign=True)
 
 
-def _encoder_sd(encoder_weights: Any, progress: bool) -> tuple[dict, str]:
+def encoder_state_dict(encoder_weights: Any, progress: bool = True) -> tuple[dict, str]:
+    """A DINOv2 ViT state dict (DINOv2's own key layout) and where it came from.
+
+    Args:
+        encoder_weights: registry name, path, or a state dict.
+    Returns:
+        ``(state dict, description)``.
+    """
     if isinstance(encoder_weights, Mapping):
         return unwrap_state_dict(encoder_weights), "<encoder state dict>"
     path = resolve(encoder_weights, progress)
     return unwrap_state_dict(read_checkpoint(path)), str(path)
 
 
-def load_matcher(
+@dataclass(frozen=True)
+class LoadedWeights:
+    """What :func:`load_weights` returns: everything needed to build a matcher, no model.
+
+    Attributes:
+        config: the :class:`~l2m_plugin.config.MatcherConfig` to build (after overrides).
+        state_dict: the whole model's state dict (matcher and, for DINOv2 networks, the ViT
+            mapped to timm keys).
+        name: the weights' name (registry name, saved ``weights_name`` or file name).
+        source: the file(s) read, for error messages.
+    """
+
+    config: MatcherConfig
+    state_dict: dict
+    name: str
+    source: str
+
+
+def load_weights(
     weights: Any = DEFAULT_WEIGHTS,
     config: MatcherConfig | None = None,
     encoder_weights: Any = None,
-    device: str | torch.device | None = None,
     progress: bool = True,
     **overrides,
-):
-    """Build an :class:`~l2m_plugin.L2M` and load weights into it, strictly.
+) -> LoadedWeights:
+    """Resolve, download (registry names only, when not cached) and read weights: the weights
+    hub. The model is built from the result by :func:`l2m_plugin.models.matcher.load_matcher`.
 
     Args:
-        weights: registry name (``REGISTRY``), path to a checkpoint file (any
-            layout in the module docstring), or a state dict. Default:
-            :data:`DEFAULT_WEIGHTS` (``l2m-tiny``, shipped with the package).
-        config: matcher config; default: the one saved in an ``l2m_plugin``
-            checkpoint, else the registry entry's preset, else ``PRESETS["l2m"]``.
-            A config carries an architecture (``arch``, and ``encoder`` for DINOv2
-            networks): when the weights' own architecture is known (saved config or
-            registry preset) and differs, nothing of the config is applied and
-            :class:`ArchitectureMismatchError` names the presets that fit (checked
-            before any download).
-        encoder_weights: ViT weights for official-layout matchers (which do not
-            contain the ViT): registry name, path or state dict. Default: the
-            registry entry's encoder (``dinov2l-distilled`` for L2M++).
-        device: where to put the model (default CPU).
+        weights: registry name (``REGISTRY``), path to a checkpoint file (any layout in the
+            module docstring), or a state dict. Default: :data:`DEFAULT_WEIGHTS`
+            (``l2m-tiny``, shipped with the package).
+        config: matcher config; default: the one saved in an ``l2m_plugin`` checkpoint, else
+            the registry entry's preset, else ``PRESETS["l2m"]``. A config carries an
+            architecture (``arch``, and ``encoder`` for DINOv2 networks): when the weights'
+            own architecture is known (saved config or registry preset) and differs, nothing
+            of the config is applied and :class:`ArchitectureMismatchError` names the presets
+            that fit (checked before any download).
+        encoder_weights: ViT weights for official-layout matchers (which do not contain the
+            ViT): registry name, path or state dict. Default: the registry entry's encoder
+            (``dinov2l-distilled`` for L2M++).
         progress: show download progress.
         **overrides: MatcherConfig fields to change.
     Returns:
-        The model in eval mode, ``weights_name`` set to the name or file used.
+        :class:`LoadedWeights`.
     Raises:
-        WeightsError: see :func:`download`, :func:`read_checkpoint` and the strict
-            key check (all missing / unexpected / mis-shaped keys are listed).
+        WeightsError: see :func:`download` and :func:`read_checkpoint`.
         ArchitectureMismatchError: ``config`` (after ``overrides``) is for another
             architecture than the weights' known one.
     """
-    from .models.matcher import L2M
-
     entry = REGISTRY.get(weights) if isinstance(weights, str) else None
     if entry is not None and entry.kind != "matcher":
         raise WeightsError(f"{weights!r} is a ViT encoder checkpoint, not a matcher; pass it as encoder_weights=.")
@@ -506,14 +536,10 @@ def load_matcher(
     if encoder_weights is None and uses_dinov2 and not _has_encoder(sd):  # official layout: the ViT is a second file
         encoder_weights = entry.encoder if entry is not None else REGISTRY["l2mpp-v2"].encoder
     if encoder_weights is not None:
-        enc_sd, enc_what = _encoder_sd(encoder_weights, progress)
+        enc_sd, enc_what = encoder_state_dict(encoder_weights, progress)
         sd.update(map_dinov2_keys(enc_sd))
         what = f"{what} + {enc_what}"
-    with torch.device("meta"):
-        model = L2M(config, weights_name=str(label))
-    _strict_load(model, sd, what)
-    model.reset_buffers()
-    return model.to(device or "cpu").eval()
+    return LoadedWeights(config=config, state_dict=sd, name=str(label), source=what)
 
 
 def save_checkpoint(model, path: str | os.PathLike) -> Path:
@@ -540,8 +566,6 @@ def save_official_layout(model, matcher_path: str | os.PathLike, encoder_path: s
 
 
 def _atomic_save(obj: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
     return path

@@ -32,7 +32,7 @@ def random_state_dict() -> dict:
     import numpy as np
 
     from l2m_plugin.config import PRESETS
-    from l2m_plugin.random_init import random_matcher
+    from l2m_plugin.testing.random_init import random_matcher
 
     a, b = PAIRS / "sacre_coeur_A.jpg", PAIRS / "sacre_coeur_B.jpg"
     if not (a.is_file() and b.is_file()):
@@ -55,7 +55,8 @@ def official_state_dicts(random_state_dict) -> tuple[dict, dict]:
 @pytest.fixture(scope="session")
 def official_checkpoint(tmp_path_factory, random_state_dict) -> tuple[Path, Path]:
     """The random weights written as the authors release them: Lightning v2 .ckpt + DINOv2 file."""
-    from l2m_plugin.weights import load_matcher, save_official_layout
+    from l2m_plugin.models.matcher import load_matcher
+    from l2m_plugin.weights import save_official_layout
 
     model = load_matcher(random_state_dict)
     d = tmp_path_factory.mktemp("official")
@@ -65,7 +66,7 @@ def official_checkpoint(tmp_path_factory, random_state_dict) -> tuple[Path, Path
 def make_model(state_dict: dict, **config):
     """An L2M sharing ``state_dict``'s tensors (fast: no random init), with config overrides."""
     from l2m_plugin.config import MatcherConfig
-    from l2m_plugin.weights import load_matcher
+    from l2m_plugin.models.matcher import load_matcher
 
     return load_matcher(state_dict, config=MatcherConfig(**config))
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from l2m_plugin.eval import BenchmarkDataError, get_benchmark, make_matcher
-from l2m_plugin.eval.fixtures import write_colmap_fixture
+from l2m_plugin.testing.benchmarks import write_colmap_fixture
 
 from .conftest import REPO, SHARED_DATA
 

@@ -41,7 +41,7 @@ def runs(photos, tmp_path_factory):
 
 
 def test_pairs_use_l2m_synths_heldout_photos(photos, tmp_path):
-    from l2m_plugin.synthesis.dataset import RunSettings, source_listing
+    from l2m_plugin.synthesis.generate import RunSettings, source_listing
 
     bench = _bench(photos, tmp_path, max_images=None)
     listing = source_listing(RunSettings(images=str(photos), depth="synthetic"))

@@ -29,9 +29,9 @@ def test_match_writes_h5_and_png(tmp_path, official_checkpoint):
                 "--coarse-res", "112", "--upsample-res", "168", "--num-matches", "500", "--seed", "1")
     assert r.returncode == 0, r.stderr
     assert "model: l2m++_560x560v2.pth.ckpt" in r.stderr  # says which model ran
-    assert str(out / "matches.h5") in r.stdout and str(out / "matches.png") in r.stdout
+    assert str(out / "correspondences.h5") in r.stdout and str(out / "matches.png") in r.stdout
     sizes = [Image.open(p).size for p in (a, b)]
-    with h5py.File(out / "matches.h5") as f:
+    with h5py.File(out / "correspondences.h5") as f:
         k0, k1, c = f["keypoints0"][()], f["keypoints1"][()], f["certainty"][()]
         assert k0.shape == k1.shape == (500, 2) and c.shape == (500,)
         assert tuple(f["image_size0"][()]) == sizes[0] and tuple(f["image_size1"][()]) == sizes[1]
@@ -45,7 +45,7 @@ def test_match_writes_h5_and_png(tmp_path, official_checkpoint):
     r2 = run_l2m("match", a, b, "--weights", matcher, "--encoder-weights", encoder, "--out", tmp_path / "out2",
                  "--coarse-res", "112", "--upsample-res", "168", "--num-matches", "500", "--seed", "1", "--quiet")
     assert r2.returncode == 0, r2.stderr
-    with h5py.File(tmp_path / "out2" / "matches.h5") as f:
+    with h5py.File(tmp_path / "out2" / "correspondences.h5") as f:
         assert np.array_equal(f["keypoints0"][()], k0)
 
 
@@ -55,7 +55,7 @@ def test_offline_l2mpp_gives_a_clear_error_and_the_default_runs(tmp_path):
     # no --weights: l2m-tiny from the package, nothing downloaded, and stderr says so
     r = run_l2m("match", a, b, "--out", tmp_path / "tiny", "--num-matches", "200", env=env)
     assert r.returncode == 0, r.stderr
-    assert "using 'l2m-tiny'" in r.stderr and (tmp_path / "tiny" / "matches.h5").is_file()
+    assert "using 'l2m-tiny'" in r.stderr and (tmp_path / "tiny" / "correspondences.h5").is_file()
     assert not (tmp_path / "hub").exists()
     r = run_l2m("match", a, b, "--weights", "l2mpp-v2", "--out", tmp_path, env=env)
     assert r.returncode == 2
@@ -103,7 +103,7 @@ def test_l2m_tiny_config_and_preset_match_the_real_pair(tmp_path):
         r = run_l2m("match", a, b, *flags, "--out", tmp_path / name, "--num-matches", "300", env=env)
         assert r.returncode == 0, r.stderr
         assert "model: l2m-tiny (arch tiny-ds, coarse (384, 384), upsample None" in r.stderr
-        with h5py.File(tmp_path / name / "matches.h5") as f:
+        with h5py.File(tmp_path / name / "correspondences.h5") as f:
             kpts[name] = f["keypoints0"][()], f["keypoints1"][()]
             assert kpts[name][0].shape == (300, 2) and '"arch": "tiny-ds"' in f.attrs["config"]
     for name in ("config", "preset"):

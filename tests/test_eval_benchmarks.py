@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from l2m_plugin.eval import BenchmarkDataError, get_benchmark, make_matcher
-from l2m_plugin.eval import fixtures as fx
 from l2m_plugin.eval.megadepth import SCENES, read_scene_info
 from l2m_plugin.eval.zeb import parse_zeb_line
+from l2m_plugin.testing import benchmarks as fx
 
 from .conftest import REPO, SHARED_DATA
 
@@ -259,7 +259,7 @@ def test_cli_runs_every_benchmark_on_its_fixture(mega_root, scannet_root, zeb_ro
         assert all(v is None or 0 <= v <= 1 for v in summary["headline"].values())
         md = Path(paths[1]).read_text()
         assert f"**{matcher}** (this run)" in md
-        published = REPO / "benchmarks" / name / "published.json"
+        published = REPO / "l2m_plugin" / "eval" / "published" / f"{name}.json"
         if published.is_file():  # the published rows sit under ours
             first = json.loads(published.read_text())["entries"][0]["method"]
             assert first in md
@@ -270,7 +270,7 @@ def test_cli_runs_every_benchmark_on_its_fixture(mega_root, scannet_root, zeb_ro
 def test_cli_eval_only_changes_the_protocol_without_matching(hp_root, tmp_path, capsys):
     assert _bench_cli("hpatches", "--data-root", hp_root, "--matcher", "sift", "--out", tmp_path) == 0
     first = capsys.readouterr().out.split()[0]
-    cache = tmp_path / "hpatches" / "sift" / "matches.h5"
+    cache = tmp_path / "hpatches" / "sift" / "pair_matches.h5"
     stamp = cache.stat().st_mtime_ns
     rc = _bench_cli("hpatches", "--data-root", hp_root, "--matcher", "sift", "--out", tmp_path,
                     "--eval-only", "--set", "eval.ransac_threshold_px=1.0")  # fmt: skip
@@ -319,17 +319,17 @@ def test_kornia_matchers_load_local_weights_and_fail_clearly(hp_root, tmp_path):
 
 def test_roma_resampling_stores_independent_draws(mega_root, mega_runs, tmp_path):
     """predict.samples_per_pair=5 keeps five draws; the RoMa protocol gives run r the r-th draw."""
-    from l2m_plugin.sfm.h5 import PairMatchStore
+    from l2m_plugin.formats.pair_store import PairMatchStore
 
     bench = get_benchmark("megadepth1500", mega_root, conf={"predict": {"samples_per_pair": 5}})
     bench.predict(make_matcher("oracle", bench), tmp_path / "oracle5", max_pairs=1, progress=False)
     p = bench.pairs()[0]
-    store = PairMatchStore(tmp_path / "oracle5" / "matches.h5", read_only=True)
+    store = PairMatchStore(tmp_path / "oracle5" / "pair_matches.h5", read_only=True)
     stored = store.read_all(p.name0, p.name1)
     k0, idx = stored["keypoints0"], stored["sample_index"]
     assert len(k0) == 25000 and np.array_equal(np.bincount(idx), [5000] * 5)
     # the first draw is the single draw of a samples_per_pair=1 cache
-    single, _, _ = PairMatchStore(mega_runs[1] / "oracle" / "matches.h5", read_only=True).read(p.name0, p.name1)
+    single, _, _ = PairMatchStore(mega_runs[1] / "oracle" / "pair_matches.h5", read_only=True).read(p.name0, p.name1)
     assert np.array_equal(k0[idx == 0], single)
     assert not np.array_equal(k0[idx == 1], single)
     rec = bench.evaluate(tmp_path / "oracle5", max_pairs=1, progress=False)["pairs"][0]
@@ -337,7 +337,7 @@ def test_roma_resampling_stores_independent_draws(mega_root, mega_runs, tmp_path
     assert len({r["err"] for r in rec["runs"]}) == 5  # five different match sets, five estimates
     # SIFT is deterministic: one set is stored and serves every run
     bench.predict(make_matcher("sift", bench), tmp_path / "sift5", max_pairs=1, progress=False)
-    store = PairMatchStore(tmp_path / "sift5" / "matches.h5", read_only=True)
+    store = PairMatchStore(tmp_path / "sift5" / "pair_matches.h5", read_only=True)
     assert "sample_index" not in store.read_all(p.name0, p.name1)
 
 

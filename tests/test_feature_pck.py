@@ -19,14 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from l2m_plugin.coords import normalized_grid
-from l2m_plugin.eval.features import (
-    encode_level,
-    eval_size,
-    feature_nn_errors,
-    feature_nn_pck,
-    iter_synth_pairs,
-)
+from l2m_plugin.eval.features import feature_nn_errors, feature_nn_pck, iter_synth_pairs
 from l2m_plugin.geometry import warp_from_depth
+from l2m_plugin.models.features import encode_level, eval_size
 
 
 def _K(w: int, h: int, f: float = 100.0) -> torch.Tensor:
@@ -187,7 +182,7 @@ def test_eval_size_rounds_to_the_stride():
 @pytest.fixture(scope="module")
 def tiny():
     from l2m_plugin.config import PRESETS
-    from l2m_plugin.random_init import random_matcher
+    from l2m_plugin.testing.random_init import random_matcher
 
     return random_matcher(PRESETS["tiny"], seed=0)
 
@@ -204,8 +199,8 @@ def test_l2m_features_use_the_matchers_preprocessing(tiny):
 def test_l2m_on_a_synthesized_pair(tiny, tmp_path):
     """A tiny random L2M on an l2m-synth pair (100 x 150, evaluated at 96 x 144); train mode
     is restored; the result has the documented keys."""
+    from l2m_plugin.formats.synth_pairs import write_pair
     from l2m_plugin.synthesis import synthesize_pair, synthetic_depth
-    from l2m_plugin.synthesis.dataset import write_pair
 
     rng = np.random.default_rng(1)
     img = (rng.random((100, 150, 3)) * 255).astype(np.uint8)

@@ -83,7 +83,7 @@ def test_fundamental_from_pose_vanishes_on_projections():
 
 @pytest.fixture(scope="module")
 def scene():
-    from l2m_plugin.synthetic import make_scene
+    from l2m_plugin.testing.scenes import make_scene
 
     return make_scene(4, (160, 120), seed=1)
 
@@ -106,7 +106,7 @@ def test_synthetic_scene_is_consistent(scene):
 
 
 def test_oracle_matches_are_exact_and_survive_resizing(scene):
-    from l2m_plugin.oracle import OracleMatcher
+    from l2m_plugin.matching.oracle import OracleMatcher
 
     oracle = OracleMatcher(scene.views)
     a, b = scene.views[1], scene.views[3]

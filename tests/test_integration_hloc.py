@@ -75,7 +75,7 @@ def small_l2m():
 
 @pytest.fixture(scope="module")
 def scene():
-    from l2m_plugin.synthetic import make_scene
+    from l2m_plugin.testing.scenes import make_scene
 
     return make_scene(num_views=5, size=SIZE, seed=0)
 
@@ -89,7 +89,7 @@ def oracle_sfm(scene, tmp_path_factory):
     coordinates are bit-identical), so features.h5 + matches.h5 hold the adapter's
     keypoints unchanged and the epipolar test can use the 0.1 px tolerance on them too.
     """
-    from l2m_plugin.oracle import OracleMatcher
+    from l2m_plugin.matching.oracle import OracleMatcher
 
     d = tmp_path_factory.mktemp("hloc_oracle")
     images = d / "images"
@@ -345,7 +345,7 @@ def test_hloc_oracle_epipolar(scene, oracle_sfm, tmp_path):
     #    epipolar line in image 1, which moves its distance by <= L * delta with
     #    L = |d dist / d x0| (computed below by finite differences). Hence the bound
     #    0.1 + delta * (1 + L) on the quantised matches.
-    from l2m_plugin.oracle import OracleMatcher
+    from l2m_plugin.matching.oracle import OracleMatcher
 
     conf = copy.deepcopy(match_dense.confs["l2m"])
     conf["model"] = {"name": "l2m", "matcher": OracleMatcher(scene.views), "max_num_matches": 1000}
@@ -460,9 +460,9 @@ def test_hloc_oracle_reconstruction(scene, oracle_sfm):
 
 def test_hloc_reconstruction_reads_l2m_reconstruct_outputs(tmp_path):
     """features.h5 / matches.h5 / pairs.txt written by `l2m reconstruct` are valid hloc inputs."""
-    from l2m_plugin.sfm.matching import SiftPairMatcher
+    from l2m_plugin.matching.sift import SiftPairMatcher
     from l2m_plugin.sfm.pipeline import reconstruct
-    from l2m_plugin.synthetic import make_scene
+    from l2m_plugin.testing.scenes import make_scene
 
     scene = make_scene(4, (320, 240), seed=2)
     images = tmp_path / "images"

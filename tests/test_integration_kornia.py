@@ -2,7 +2,7 @@
 
 The network tests use a small random L2M (ViT-S/14, coarse 56 x 84, no upsampling pass), as
 ``tests/test_matcher_api.py`` does; the geometric test uses the oracle matcher on a synthetic
-scene with exact depth and poses (``l2m_plugin.synthetic`` / ``l2m_plugin.oracle``).
+scene with exact depth and poses (``l2m_plugin.testing.scenes`` / ``l2m_plugin.matching.oracle``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from kornia.geometry.epipolar import (
 
 import l2m_plugin.integrations.kornia as kornia_adapter
 from l2m_plugin import MatcherConfig
-from l2m_plugin.integrations.kornia import L2M as KorniaL2M
+from l2m_plugin.integrations.kornia import KorniaL2M
 from l2m_plugin.models.matcher import L2M as DenseL2M
-from l2m_plugin.weights import load_matcher
+from l2m_plugin.models.matcher import load_matcher
 
 SMALL = MatcherConfig(encoder="vits14", coarse_res=(56, 84), upsample_res=None)
 NUM = 150
@@ -357,7 +357,7 @@ def test_function_written_for_loftr_runs_unchanged(dense, monkeypatch):
 # --------------------------------------------------------------------------- geometry
 @pytest.fixture(scope="module")
 def scene():
-    from l2m_plugin.synthetic import make_scene
+    from l2m_plugin.testing.scenes import make_scene
 
     return make_scene(num_views=5, size=(160, 120), seed=0)
 
@@ -395,7 +395,7 @@ def test_kornia_oracle_epipolar(scene, monkeypatch):
     sideways), so a wrong frame only moves matches by about 0.1 px there; at different scales
     the shifts no longer cancel and a wrong frame puts every match > 0.1 px off.
     """
-    from l2m_plugin.oracle import OracleMatcher
+    from l2m_plugin.matching.oracle import OracleMatcher
 
     v = scene.views
     oracle = OracleMatcher(v, output_res=(120, 160))

@@ -39,7 +39,7 @@ def heldout_pairs(tmp_path_factory):
     if not PHOTOS.is_dir():
         pytest.skip(f"needs the single-view photos at {PHOTOS} (../shared/data beside the clone)")
     from l2m_plugin.synthesis.config import load_config
-    from l2m_plugin.synthesis.dataset import RunSettings, run_synthesis
+    from l2m_plugin.synthesis.generate import RunSettings, run_synthesis
 
     out = tmp_path_factory.mktemp("heldout")
     settings = RunSettings(images=str(PHOTOS), depth="synthetic", pairs_per_image=1, size="384",
@@ -100,5 +100,5 @@ def test_l2m_match_without_weights_runs_l2m_tiny_offline(tmp_path, monkeypatch, 
     assert rc == 0
     err = capsys.readouterr().err
     assert "no --weights given: using 'l2m-tiny'" in err and "model: l2m-tiny" in err
-    with h5py.File(tmp_path / "matches.h5") as f:
+    with h5py.File(tmp_path / "correspondences.h5") as f:
         assert f.attrs["weights"] == "l2m-tiny" and len(f["keypoints0"]) == 1000

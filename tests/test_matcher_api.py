@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from l2m_plugin import L2M, MatcherConfig
-from l2m_plugin.weights import load_matcher
+from l2m_plugin.models.matcher import load_matcher
 
 SMALL = MatcherConfig(encoder="vits14", coarse_res=(56, 84), upsample_res=(64, 96))
 

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from l2m_plugin.formats.hloc import pair_key
+from l2m_plugin.formats.pair_store import PairMatchStore
 from l2m_plugin.geometry import epipolar_distance
-from l2m_plugin.sfm.h5 import PairMatchStore
-from l2m_plugin.sfm.matching import DensePairMatcher, SiftPairMatcher
+from l2m_plugin.matching.dense import DensePairMatcher
+from l2m_plugin.matching.sift import SiftPairMatcher
 from l2m_plugin.sfm.pipeline import match_pairs, reconstruct
 
 from .conftest import SHARED_DATA
@@ -19,7 +21,7 @@ from .conftest import SHARED_DATA
 
 @pytest.fixture(scope="module")
 def scene():
-    from l2m_plugin.synthetic import make_scene
+    from l2m_plugin.testing.scenes import make_scene
 
     return make_scene(5, (320, 240), seed=0)
 
@@ -43,7 +45,7 @@ def _calibrated(scene) -> dict:
 
 @pytest.fixture(scope="module")
 def oracle_run(scene, scene_dir, tmp_path_factory):
-    from l2m_plugin.oracle import OracleMatcher
+    from l2m_plugin.matching.oracle import OracleMatcher
 
     out = tmp_path_factory.mktemp("oracle_out")
     pm = DensePairMatcher(OracleMatcher(scene.views), scene_dir, num_matches=2000)
@@ -54,7 +56,7 @@ def oracle_run(scene, scene_dir, tmp_path_factory):
 def _pose_errors(scene, sfm_dir) -> list[float]:
     import pycolmap
 
-    from l2m_plugin.sfm.colmap import poses_by_name
+    from l2m_plugin.formats.colmap_model import poses_by_name
 
     P = poses_by_name(pycolmap.Reconstruction(str(sfm_dir)))
     errs = []
@@ -98,21 +100,23 @@ def test_oracle_reconstruction_recovers_the_synthetic_poses(scene, oracle_run):
 
 
 def test_oracle_matches_in_the_h5_files_satisfy_epipolar_geometry(scene, oracle_run):
-    """Raw pair matches (hloc convention) are exact; features.h5 is COLMAP's keypoints - 0.5."""
+    """Raw pair matches are exact: the store returns COLMAP pixels and keeps hloc's on disk;
+    features.h5 is COLMAP's keypoints - 0.5."""
     import pycolmap
 
     out, _ = oracle_run
     store = PairMatchStore(out / "pair_matches.h5")
     n = 0
-    for a, b, k0, k1, _s in store.items():
-        Fh = torch.from_numpy(scene.fundamental(a, b, convention="hloc"))
-        assert epipolar_distance(torch.from_numpy(k0), torch.from_numpy(k1), Fh).max() < 0.1
-        Fc = torch.from_numpy(scene.fundamental(a, b, convention="colmap"))
-        assert (
-            epipolar_distance(torch.from_numpy(k0 + 0.5), torch.from_numpy(k1 + 0.5), Fc).max()
-            < 0.1
-        )
-        n += 1
+    with h5py.File(out / "pair_matches.h5") as raw:
+        for a, b, k0, k1, _s in store.items():
+            Fc = torch.from_numpy(scene.fundamental(a, b, convention="colmap"))
+            assert epipolar_distance(torch.from_numpy(k0), torch.from_numpy(k1), Fc).max() < 0.1
+            Fh = torch.from_numpy(scene.fundamental(a, b, convention="hloc"))
+            g = raw[pair_key(a, b)]
+            h0, h1 = g["keypoints0"][()], g["keypoints1"][()]
+            assert epipolar_distance(torch.from_numpy(h0), torch.from_numpy(h1), Fh).max() < 0.1
+            np.testing.assert_allclose(h0, k0 - 0.5, atol=1e-4)
+            n += 1
     assert n == 10
     db = pycolmap.Database.open(out / "database.db")
     try:
@@ -174,7 +178,7 @@ class _Interrupting:
 
 
 def test_resume_after_interruption_and_one_failing_pair(scene, scene_dir, tmp_path):
-    from l2m_plugin.oracle import OracleMatcher
+    from l2m_plugin.matching.oracle import OracleMatcher
 
     oracle = OracleMatcher(scene.views)
     pm = _Interrupting(DensePairMatcher(oracle, scene_dir, num_matches=500), stop_at=4)

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from l2m_plugin.sfm.h5 import PairMatchStore, merge_pair_files, read_matches_h5, write_matches
+from l2m_plugin.formats.hloc import pair_key, read_matches, write_matches
+from l2m_plugin.formats.pair_store import PairMatchStore, merge_pair_files
+from l2m_plugin.formats.pairs_txt import read_pairs
+from l2m_plugin.io import list_images
 from l2m_plugin.sfm.pairs import (
     exhaustive_pairs,
-    list_images,
-    pair_key,
     parse_pairs_spec,
-    read_pairs,
     retrieval_pairs,
     sequential_pairs,
     shard_pairs,
@@ -163,7 +163,7 @@ def test_matches_h5_roundtrip_in_hloc_layout(tmp_path):
     )
     with h5py.File(tmp_path / "m.h5") as f:
         assert f["x-a.jpg/b.jpg/matches0"][()].tolist() == [2, -1, -1, 1, -1]
-    idx, sc = read_matches_h5(tmp_path / "m.h5", "b.jpg", "x/a.jpg")
+    idx, sc = read_matches(tmp_path / "m.h5", "b.jpg", "x/a.jpg")
     assert idx.tolist() == [[2, 0], [1, 3]] and sc.tolist() == pytest.approx([0.5, 0.7])
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from l2m_plugin.coords import normalized_grid, normalized_to_pixel
 from l2m_plugin.synthesis import (
-    PRESETS,
+    SYNTH_PRESETS,
     BackendUnavailableError,
     DepthFileError,
     SynthConfig,
@@ -364,7 +364,7 @@ def test_focal_and_motion_sampling_respect_the_configured_ranges():
 
 
 def test_config_validation_and_overrides():
-    assert PRESETS["l2m"] == SynthConfig() and PRESETS["hard"].motion.orbit_probability > 0
+    assert SYNTH_PRESETS["l2m"] == SynthConfig() and SYNTH_PRESETS["hard"].motion.orbit_probability > 0
     c = load_config("l2m", ["motion.rotation_deg=[1,2]", "inpaint.method=opencv-ns"])
     assert c.motion.rotation_deg == (1.0, 2.0) and c.inpaint.method == "opencv-ns"
     with pytest.raises(ValueError, match="motion.nope"):
@@ -445,8 +445,8 @@ def test_synthesize_pair_is_seeded_and_consistent():
     w, h = 80, 60
     img = _texture(h, w, 5)
     z = synthetic_depth((w, h), np.random.default_rng(4), image=img)
-    a = synthesize_pair(img, z, PRESETS["hard"], np.random.default_rng(9))
-    b = synthesize_pair(img, z, PRESETS["hard"], np.random.default_rng(9))
+    a = synthesize_pair(img, z, SYNTH_PRESETS["hard"], np.random.default_rng(9))
+    b = synthesize_pair(img, z, SYNTH_PRESETS["hard"], np.random.default_rng(9))
     for k, v in a.geometry().items():
         np.testing.assert_array_equal(v, b.geometry()[k])
     np.testing.assert_array_equal(a.image1, b.image1)
@@ -456,7 +456,7 @@ def test_synthesize_pair_is_seeded_and_consistent():
     )
     assert (g["warp0"][~g["valid0"]] == 2.0).all() and (g["warp1"][~g["valid1"]] == 2.0).all()
     assert (g["depth1"][g["valid1"]] > 0).all() and (g["depth0"][g["valid0"]] > 0).all()
-    assert a.info["covisible"] >= PRESETS["hard"].motion.min_covisible
+    assert a.info["covisible"] >= SYNTH_PRESETS["hard"].motion.min_covisible
     # motions that leave too little overlap are redrawn; after max_tries the best is kept
     far = _quiet(rotation_deg=(60, 70))
     far = load_config(far, ["motion.max_tries=3"])
@@ -688,19 +688,19 @@ def test_a_real_photo_with_synthetic_depth():
             f"real photos not found at {SINGLE_VIEW} (set L2M_SHARED_DATA to ../shared/data)"
         )
     from l2m_plugin.io import load_image
-    from l2m_plugin.synthesis.dataset import list_source_images, prepare_image
+    from l2m_plugin.synthesis.generate import list_source_images, prepare_image
 
     name = list_source_images(SINGLE_VIEW)[0]
     img, _ = prepare_image(np.asarray(load_image(SINGLE_VIEW / name).image), "160")
     rng = np.random.default_rng(0)
     z = synthetic_depth((img.shape[1], img.shape[0]), rng, image=img)
-    pair = synthesize_pair(img, z, PRESETS["l2m"], rng)
+    pair = synthesize_pair(img, z, SYNTH_PRESETS["l2m"], rng)
     assert pair.valid0.mean() > 0.2 and pair.valid1.mean() > 0.2
     assert pair.image1.shape == img.shape
 
 
 def test_train_and_heldout_splits_never_share_a_photo():
-    from l2m_plugin.synthesis.dataset import RunSettings, split_images
+    from l2m_plugin.synthesis.generate import RunSettings, split_images
 
     names = [f"img_{j:03d}.jpg" for j in range(35)]
     train, held = split_images(names, "train"), split_images(names, "heldout", 10)

@@ -239,7 +239,7 @@ def test_build_dataset_mixes_homography_pairs_at_the_share(tmp_path):
     from l2m_plugin.training.trainer import TrainConfigError, build_dataset, load_conf
 
     synth = tmp_path / "synth"
-    from l2m_plugin.training.fixtures import write_synth_fixture
+    from l2m_plugin.testing.training import write_synth_fixture
 
     write_synth_fixture(synth, num_pairs=6, size=(64, 48))
     photos = _photos(tmp_path / "photos", n=4)

@@ -2,7 +2,7 @@
 
 Everything runs on CPU in about a minute with one thread per process; the training runs
 use the real ``tiny`` architecture at 64 x 96 on exact synthetic pairs
-(:mod:`l2m_plugin.training.fixtures`).
+(:mod:`l2m_plugin.testing.training`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 
 from l2m_plugin import L2M, MatcherConfig
 from l2m_plugin.config import ARCH_PRESETS
+from l2m_plugin.testing.training import write_megadepth_train_fixture, write_synth_fixture
 from l2m_plugin.training import (
     MegaDepthPairs,
     RobustLoss,
@@ -27,7 +28,6 @@ from l2m_plugin.training import (
     load_conf,
 )
 from l2m_plugin.training.data import DataError, hflip_item
-from l2m_plugin.training.fixtures import write_megadepth_train_fixture, write_synth_fixture
 from l2m_plugin.training.losses import anchor_targets, gt_at_scale
 
 from .conftest import free_port
@@ -69,7 +69,7 @@ def _fingerprint(sd: dict) -> str:
 
 def test_roma_arch_keeps_the_official_keys_and_shapes():
     """The "roma" arch is today's network: the RoMa-layout keys and shapes of its official-layout
-    split (what l2m_plugin.random_init / ``l2m make-checkpoint`` write) are those of the commit
+    split (what l2m_plugin.testing.random_init / ``l2m make-checkpoint`` write) are those of the commit
     before ArchConfig existed (fingerprints computed there; ViT-L/14 gives 8f0ed767... /
     1e036a0c...). Loading those files and matching romatch's numbers: test_weights.py and
     test_equivalence.py."""

@@ -17,6 +17,7 @@ import torch
 
 from l2m_plugin import L2M, MatcherConfig
 from l2m_plugin import weights as W
+from l2m_plugin.models.matcher import load_matcher
 
 SMALL = MatcherConfig(encoder="vits14", coarse_res=56, upsample_res=None)
 
@@ -64,7 +65,7 @@ def test_default_weights_ship_with_the_package_and_load_offline(monkeypatch):
     path = W.resolve(W.DEFAULT_WEIGHTS)  # verifies size and SHA-256
     assert path == W.packaged_path(entry) and path.is_relative_to(Path(W.__file__).parent)
     assert entry.sha256 is not None and path.stat().st_size == entry.size <= 20 * 2**20
-    model = W.load_matcher()
+    model = load_matcher()
     assert model.weights_name == "l2m-tiny" and model.config.arch == "tiny-ds"
     assert sum(p.numel() for p in model.parameters()) <= 5_000_000
     assert L2M.from_pretrained().weights_name == "l2m-tiny"
@@ -84,10 +85,10 @@ def test_v2_name_loads_the_v2_file_never_v1(hub_dir, official_checkpoint):
         W.cache_path(name).parent.mkdir(parents=True, exist_ok=True)
         os.symlink(src, W.cache_path(name))
     W.cache_path("l2mpp-v1").write_bytes(b"not a checkpoint")
-    model = W.load_matcher("l2mpp-v2", coarse_res=56, upsample_res=None)
+    model = load_matcher("l2mpp-v2", coarse_res=56, upsample_res=None)
     assert model.weights_name == "l2mpp-v2"
     with pytest.raises(W.WeightsError, match="l2m%2B%2B_560x560.pth"):
-        W.load_matcher("l2mpp-v1")
+        load_matcher("l2mpp-v1")
 
 
 def test_config_of_another_architecture_is_a_short_error(hub_dir, monkeypatch, tmp_path):
@@ -105,7 +106,7 @@ def test_config_of_another_architecture_is_a_short_error(hub_dir, monkeypatch, t
     ]
     for weights, kwargs, fix, weights_arch, config_arch in cases:
         with pytest.raises(W.ArchitectureMismatchError) as err:
-            W.load_matcher(weights, **kwargs)
+            load_matcher(weights, **kwargs)
         e, msg = err.value, str(err.value)
         assert (e.weights_arch, e.config_arch, e.presets[0]) == (weights_arch, config_arch, fix), msg
         assert len(msg.splitlines()) <= 3 and len(msg) < 500 and "missing keys" not in msg, msg
@@ -114,20 +115,20 @@ def test_config_of_another_architecture_is_a_short_error(hub_dir, monkeypatch, t
     assert W.ArchitectureMismatchError("x", PRESETS["l2m-tiny"], PRESETS["l2m"]).weights_for_config == [
         "l2mpp-v1", "l2mpp-v2", "roma-outdoor"]  # fmt: skip
     # a checkpoint file whose stored config is the tiny-ds network
-    path = W.save_checkpoint(W.load_matcher(), tmp_path / "mine.pth")
+    path = W.save_checkpoint(load_matcher(), tmp_path / "mine.pth")
     with pytest.raises(W.ArchitectureMismatchError, match="are arch tiny-ds but the config is for arch roma"):
-        W.load_matcher(path, config=PRESETS["l2m"])
+        load_matcher(path, config=PRESETS["l2m"])
     # any config of the weights' own architecture applies whole
     own = PRESETS["l2m-tiny"].replace(coarse_res=256, sample_thresh=0.1)
-    assert W.load_matcher(path, config=own).config == own
-    assert W.load_matcher("l2m-tiny", config=PRESETS["l2m-tiny"], coarse_res=128).config.coarse_res == (128, 128)
+    assert load_matcher(path, config=own).config == own
+    assert load_matcher("l2m-tiny", config=PRESETS["l2m-tiny"], coarse_res=128).config.coarse_res == (128, 128)
 
 
 def test_unknown_and_wrong_kind_names():
     with pytest.raises(W.WeightsError, match="l2mpp-v2"):
         W.resolve("l2mpp-v3")
     with pytest.raises(W.WeightsError, match="encoder_weights"):
-        W.load_matcher("dinov2l-distilled")
+        load_matcher("dinov2l-distilled")
 
 
 # --------------------------------------------------------------------- download
@@ -232,20 +233,20 @@ def test_dinov2_layout_maps_onto_timm_keys():
 
 @pytest.mark.parametrize("lightning", [False, True], ids=["pth", "lightning-ckpt"])
 def test_official_layout_round_trip_is_exact(tmp_path, small_sd, lightning):
-    model = W.load_matcher(small_sd, config=SMALL)
+    model = load_matcher(small_sd, config=SMALL)
     m, e = W.save_official_layout(model, tmp_path / "m.pth", tmp_path / "e.pth", lightning=lightning)
     enc = torch.load(e, weights_only=True)
     assert "mask_token" in enc and "blocks.0.attn.qkv.weight" in enc  # DINOv2's own key layout
     assert not any(k.startswith("encoder.dinov2") for k in W.unwrap_state_dict(torch.load(m, weights_only=True)))
-    loaded = W.load_matcher(m, config=SMALL, encoder_weights=e)
+    loaded = load_matcher(m, config=SMALL, encoder_weights=e)
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
 
 
 def test_l2m_plugin_checkpoint_keeps_config(tmp_path, small_sd):
-    model = W.load_matcher(small_sd, config=SMALL.replace(color_order="BGR"))
+    model = load_matcher(small_sd, config=SMALL.replace(color_order="BGR"))
     W.save_checkpoint(model, tmp_path / "c.pt")
-    loaded = W.load_matcher(tmp_path / "c.pt")
+    loaded = load_matcher(tmp_path / "c.pt")
     assert loaded.config == model.config and loaded.config.color_order == "BGR"
 
 
@@ -255,7 +256,7 @@ def test_strict_loading_lists_missing_unexpected_and_misshaped_keys(small_sd):
     sd["decoder.extra.weight"] = torch.zeros(1)
     sd["decoder.proj.4.0.bias"] = torch.zeros(7)
     with pytest.raises(W.WeightsError) as err:
-        W.load_matcher(sd, config=SMALL)
+        load_matcher(sd, config=SMALL)
     msg = str(err.value)
     assert "missing keys (1)" in msg and "decoder.proj.8.0.weight" in msg
     assert "unexpected keys (1)" in msg and "decoder.extra.weight" in msg
@@ -263,10 +264,10 @@ def test_strict_loading_lists_missing_unexpected_and_misshaped_keys(small_sd):
 
 
 def test_encoder_of_the_wrong_size_is_refused(tmp_path, small_sd):
-    model = W.load_matcher(small_sd, config=SMALL)
+    model = load_matcher(small_sd, config=SMALL)
     m, e = W.save_official_layout(model, tmp_path / "m.pth", tmp_path / "e.pth")
     with pytest.raises(W.WeightsError, match="shape mismatches"):
-        W.load_matcher(m, config=SMALL.replace(encoder="vitb14"), encoder_weights=e)
+        load_matcher(m, config=SMALL.replace(encoder="vitb14"), encoder_weights=e)
 
 
 def test_truncated_empty_and_foreign_checkpoints(tmp_path, small_sd):
@@ -277,20 +278,20 @@ def test_truncated_empty_and_foreign_checkpoints(tmp_path, small_sd):
     (tmp_path / "text.pth").write_text("hello")
     for name, pattern in (("trunc.pth", "truncated"), ("empty.pth", "empty"), ("text.pth", "truncated or is not")):
         with pytest.raises(W.WeightsError, match=pattern) as err:
-            W.load_matcher(tmp_path / name, config=SMALL)
+            load_matcher(tmp_path / name, config=SMALL)
         assert name in str(err.value)
     resnet = {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 512)}
     torch.save(resnet, tmp_path / "resnet.pth")
     with pytest.raises(W.WeightsError, match="missing keys") as err:
-        W.load_matcher(tmp_path / "resnet.pth", config=SMALL, encoder_weights={"cls_token": torch.zeros(1, 1, 384)})
+        load_matcher(tmp_path / "resnet.pth", config=SMALL, encoder_weights={"cls_token": torch.zeros(1, 1, 384)})
     assert "conv1.weight" in str(err.value)
     with pytest.raises(W.WeightsError, match="neither a registry name"):
-        W.load_matcher(tmp_path / "missing.pth")
+        load_matcher(tmp_path / "missing.pth")
 
 
 def test_pickled_objects_fall_back_to_weights_only_false_with_warning(tmp_path, small_sd):
     obj = {"state_dict": {"model." + k: v for k, v in small_sd.items()}, "hyper_parameters": argparse.Namespace(lr=1)}
     torch.save(obj, tmp_path / "lightning.ckpt")
     with pytest.warns(UserWarning, match="weights_only=False"):
-        model = W.load_matcher(tmp_path / "lightning.ckpt", config=SMALL)
+        model = load_matcher(tmp_path / "lightning.ckpt", config=SMALL)
     assert torch.equal(model.state_dict()["decoder.proj.8.0.weight"], small_sd["decoder.proj.8.0.weight"])

@@ -15,19 +15,26 @@ PCK under ground-truth warps (``benchmarks/feature_pck.py``).
 
 The command line is ``l2m bench NAME --data-root DIR --matcher ...``. Each benchmark's
 README in ``benchmarks/<name>/`` gives the data layout, the protocol table and the
-published numbers (``published.json``).
+published numbers (``l2m_plugin/eval/published/<name>.json``).
 """
 
 from __future__ import annotations
 
-from .base import Benchmark, BenchmarkDataError, BenchmarkPair
-from .colmap_pose import ColmapPoseBenchmark
-from .features import feature_nn_pck
-from .homography import HomographyBenchmark
-from .hpatches import HPatches
-from .megadepth import MegaDepth1500
-from .scannet import ScanNet1500
-from .zeb import ZEB
+from l2m_plugin.eval.base import Benchmark, BenchmarkDataError, BenchmarkPair
+from l2m_plugin.eval.colmap_pose import ColmapPoseBenchmark
+from l2m_plugin.eval.features import feature_nn_pck
+from l2m_plugin.eval.homography import HomographyBenchmark
+from l2m_plugin.eval.hpatches import HPatches
+from l2m_plugin.eval.megadepth import MegaDepth1500
+from l2m_plugin.eval.scannet import ScanNet1500
+from l2m_plugin.eval.zeb import ZEB
+from l2m_plugin.matching.baselines import (
+    GroundTruthPairMatcher,
+    KorniaPairMatcher,
+    RandomPairMatcher,
+)
+from l2m_plugin.matching.dense import DensePairMatcher
+from l2m_plugin.matching.sift import SiftPairMatcher
 
 __all__ = [
     "BENCHMARKS",
@@ -72,26 +79,21 @@ def make_matcher(kind: str, bench: Benchmark, *, model=None, weights: str | None
     """
     p = bench.conf["predict"]
     if kind == "l2m":
-        from ..sfm.matching import DensePairMatcher
 
         if model is None:
             raise ValueError("matcher 'l2m' needs a model (L2M.from_pretrained(...))")
         return DensePairMatcher(model, bench.image_root, num_matches=p["num_matches"], seed=p["seed"],
                                 exif=False, memory_budget_gb=memory_budget_gb)  # fmt: skip
     if kind == "sift":
-        from ..sfm.matching import SiftPairMatcher
 
         return SiftPairMatcher(bench.image_root)
     if kind == "oracle":
-        from .matchers import GroundTruthPairMatcher
 
         return GroundTruthPairMatcher(bench, p["num_matches"], p["seed"])
     if kind == "random":
-        from .matchers import RandomPairMatcher
 
         return RandomPairMatcher(bench.image_root, p["num_matches"], p["seed"])
     if kind in ("loftr", "disk"):
-        from .matchers import KorniaPairMatcher
 
         default_w = {"loftr": "outdoor", "disk": "depth"}[kind]
         default_r = {"loftr": 840, "disk": 1024}[kind]

@@ -8,7 +8,7 @@ A benchmark (glue-factory's ``eval`` pattern) is a class with
   ``eval`` (e.g. ``"roma"``, ``"loftr"``);
 - a loader, :meth:`Benchmark.pairs`, for the official on-disk layout;
 - :meth:`Benchmark.predict`, which runs a pair matcher and caches its matches in
-  ``matches.h5`` (pair by pair, resumable; a cache made with other matcher or
+  ``pair_matches.h5`` (pair by pair, resumable; a cache made with other matcher or
   ``predict`` settings is refused unless ``overwrite=True``);
 - :meth:`Benchmark.evaluate`, which reads only that cache and writes a summary JSON
   and a markdown table beside the published numbers. Another RANSAC threshold or
@@ -18,15 +18,17 @@ Pair matchers are objects with ``settings() -> dict``, ``image(name)`` (a
 :class:`~l2m_plugin.io.LoadedImage`), ``__call__(name0, name1) -> (kpts0, kpts1,
 scores)`` (COLMAP pixel coordinates in the stored images: pixel centres at
 i + 0.5), ``forget(name)`` and ``close()``: the SfM matchers of
-:mod:`l2m_plugin.sfm.matching` and those of :mod:`l2m_plugin.eval.matchers`.
+:mod:`l2m_plugin.matching.dense` and those of :mod:`l2m_plugin.matching.baselines`.
 They read the images by name under :attr:`Benchmark.image_root`: the data root,
 except for benchmarks that generate their images (``homography`` writes them into a
 cache folder beside its outputs).
 
 Output folder of one matcher on one benchmark::
 
-    OUT/matches.h5              keypoints0/1 (hloc convention, COLMAP - 0.5), scores, sizes,
-                                [sample_index when predict.samples_per_pair > 1]
+    OUT/pair_matches.h5         the pair-match store (:mod:`l2m_plugin.formats.pair_store`):
+                                keypoints0/1, scores, sizes, [sample_index when
+                                predict.samples_per_pair > 1]; caches from before
+                                2026-12-05 are OUT/matches.h5 and are still read
     OUT/predict_conf.json       benchmark, data root, matcher settings, predict conf
     OUT/failures.json           pairs whose matching raised (retried on the next run)
     OUT/eval/<protocol>-<hash>.json   summary (metrics, eval conf, per-pair errors); the hash
@@ -48,14 +50,15 @@ from typing import Any, ClassVar
 import numpy as np
 from omegaconf import OmegaConf
 
-from ..sfm.h5 import PairMatchStore
-from ..sfm.pipeline import _atomic_json
+from l2m_plugin.files import atomic_json, atomic_text
+from l2m_plugin.formats.pair_store import PairMatchStore, pair_store_path
 
 __all__ = ["BenchmarkPair", "Benchmark", "BenchmarkDataError", "find_published", "markdown_table"]
 
 log = logging.getLogger(__name__)
 
-_REPO_BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+#: the published numbers of each benchmark, shipped with the package (``<name>.json``)
+PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
 
 
 class BenchmarkDataError(FileNotFoundError):
@@ -96,8 +99,9 @@ def _hash(obj: Any) -> str:
 
 
 def find_published(name: str, path: str | Path | None = None) -> dict | None:
-    """``benchmarks/<name>/published.json`` of this repository (or ``path``), None if absent."""
-    p = Path(path) if path is not None else _REPO_BENCHMARKS / name / "published.json"
+    """The published numbers of benchmark ``name`` (``l2m_plugin/eval/published/<name>.json``,
+    installed with the package) or of the file ``path``; None if absent."""
+    p = Path(path) if path is not None else PUBLISHED_DIR / f"{name}.json"
     if not p.is_file():
         return None
     return json.loads(p.read_text())
@@ -210,7 +214,7 @@ class Benchmark:
         max_pairs: int | None = None,
         progress: bool = True,
     ) -> Path:
-        """Match every pair not yet in ``out_dir/matches.h5`` (resumable) and return that path.
+        """Match every pair not yet in ``out_dir/pair_matches.h5`` (resumable) and return that path.
 
         A pair whose matching raises is logged and listed in ``failures.json``; the
         other pairs go on, and it is retried by the next call.
@@ -231,8 +235,8 @@ class Benchmark:
         pairs = self.pairs()[:max_pairs] if max_pairs else self.pairs()
         self.check_images(pairs)
         settings = {"benchmark": self.name, "matcher": matcher.settings(), "predict": self.conf["predict"]}
-        store = PairMatchStore(out_dir / "matches.h5", settings, overwrite=overwrite)
-        _atomic_json(
+        store = PairMatchStore(pair_store_path(out_dir), settings, overwrite=overwrite)
+        atomic_json(
             out_dir / "predict_conf.json",
             {**settings, "data_root": str(self.data_root), "image_root": str(self.image_root), "data": self.conf["data"]},
         )
@@ -257,7 +261,7 @@ class Benchmark:
                 index = np.concatenate([np.full(len(d[0]), j, np.int16) for j, d in enumerate(draws)])
                 size0, size1 = matcher.image(p.name0).size, matcher.image(p.name1).size
                 store.write(
-                    p.name0, p.name1, k0.reshape(-1, 2) - 0.5, k1.reshape(-1, 2) - 0.5, s, size0, size1,
+                    p.name0, p.name1, k0.reshape(-1, 2), k1.reshape(-1, 2), s, size0, size1,
                     extra={"sample_index": index} if len(draws) > 1 else None,
                 )  # fmt: skip
             except (KeyboardInterrupt, MemoryError):
@@ -268,7 +272,7 @@ class Benchmark:
             for n in (p.name0, p.name1):
                 if last_use[n] == i:
                     matcher.forget(n)
-        _atomic_json(out_dir / "failures.json", failures)
+        atomic_json(out_dir / "failures.json", failures)
         return store.path
 
     # ------------------------------------------------------------------ evaluate
@@ -308,7 +312,7 @@ class Benchmark:
     ) -> dict:
         """Evaluate the cached matches of ``out_dir`` with the current ``eval`` conf.
 
-        Reads only ``out_dir/matches.h5``; pairs missing from it count as failures
+        Reads only ``out_dir/pair_matches.h5``; pairs missing from it count as failures
         (and are reported as ``num_missing``). Writes
         ``out_dir/eval/<protocol>-<hash>.json`` and ``.md`` (hash of the eval and data
         conf and ``max_pairs``: another setting never overwrites a summary).
@@ -323,7 +327,7 @@ class Benchmark:
         from tqdm import tqdm
 
         out_dir = Path(out_dir)
-        cache = out_dir / "matches.h5"
+        cache = pair_store_path(out_dir)
         if not cache.is_file():
             raise FileNotFoundError(f"{cache} does not exist: run the prediction first (l2m bench without --eval-only)")
         store = PairMatchStore(cache, read_only=True)
@@ -334,7 +338,7 @@ class Benchmark:
             if (p.name0, p.name1) in store:
                 d = store.read_all(p.name0, p.name1)
                 rec = self.evaluate_pair(
-                    p, d["keypoints0"] + 0.5, d["keypoints1"] + 0.5, d["scores"], sizes[p.name0], sizes[p.name1],
+                    p, d["keypoints0"], d["keypoints1"], d["scores"], sizes[p.name0], sizes[p.name1],
                     sample_index=d.get("sample_index"),
                 )  # fmt: skip
             else:
@@ -375,10 +379,8 @@ class Benchmark:
             "paths": {"json": str(eval_dir / f"{stem}.json"), "markdown": str(eval_dir / f"{stem}.md")},
             "pairs": records,
         }
-        _atomic_json(eval_dir / f"{stem}.json", summary)
-        tmp = eval_dir / f"{stem}.md.tmp"
-        tmp.write_text(md)
-        tmp.replace(eval_dir / f"{stem}.md")
+        atomic_json(eval_dir / f"{stem}.json", summary)
+        atomic_text(eval_dir / f"{stem}.md", md)
         summary["markdown"] = md
         return summary
 

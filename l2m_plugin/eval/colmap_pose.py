@@ -40,8 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import BenchmarkDataError, BenchmarkPair
-from .pose import POSE_EVAL_DEFAULTS, PoseBenchmark
+from l2m_plugin.eval.base import BenchmarkDataError, BenchmarkPair
+from l2m_plugin.eval.pose import POSE_EVAL_DEFAULTS, PoseBenchmark
+from l2m_plugin.formats.colmap_model import poses_by_name
 
 __all__ = ["ColmapPoseBenchmark", "PINHOLE_MODELS"]
 
@@ -97,7 +98,6 @@ class ColmapPoseBenchmark(PoseBenchmark):
         return self._rec
 
     def load_pairs(self) -> list[BenchmarkPair]:
-        from ..sfm.colmap import poses_by_name
 
         rec = self.reconstruction()
         reg = set(rec.reg_image_ids())

@@ -3,7 +3,7 @@
 L2M's stage 1 fine-tunes the matcher's encoder so that its features are 3D-aware: the
 features of a surface point should agree across views. This module measures that
 directly, without the decoder: on view pairs with exact ground-truth warps (the
-``l2m-synth`` format, :mod:`l2m_plugin.synthesis.dataset`), how often is the nearest
+``l2m-synth`` format, :mod:`l2m_plugin.formats.synth_pairs`), how often is the nearest
 neighbour of an image-0 feature in image 1 at the right place?
 
 Protocol (:func:`feature_nn_pck`), for each pair:
@@ -60,10 +60,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from ..coords import normalized_grid, normalized_to_pixel
+from l2m_plugin.coords import normalized_grid, normalized_to_pixel
+from l2m_plugin.formats.synth_pairs import list_pairs, read_pair
+from l2m_plugin.models.features import check_model, encode_level, eval_size, is_l2m, level_stride
 
 __all__ = [
     "DEFAULT_THRESHOLDS_PX",
@@ -82,100 +83,6 @@ DEFAULT_THRESHOLDS_PX: tuple[float, ...] = (8.0, 16.0, 32.0)
 
 _VALID_EPS = 1e-4
 _CHUNK = 1 << 22  # elements of one similarity block (16 MiB in float32)
-
-
-def _is_l2m(model: Any) -> bool:
-    from ..models.matcher import L2M
-
-    return isinstance(model, L2M)
-
-
-def eval_size(height: int, width: int, stride: int) -> tuple[int, int]:
-    """The default evaluation size: (height, width) rounded to the nearest multiple of ``stride``.
-
-    Halves round up; the result is at least one stride per side.
-
-    Raises:
-        ValueError: a non-positive height, width or stride.
-    """
-    if stride <= 0 or height <= 0 or width <= 0:
-        raise ValueError(f"eval_size needs positive height, width and stride, got {height}, {width}, {stride}")
-    return tuple(max(stride, int(math.floor(n / stride + 0.5)) * stride) for n in (height, width))
-
-
-def level_stride(model: Any, level: int) -> int:
-    """Pixels per feature cell of ``model``'s pyramid level ``level`` (an :class:`~l2m_plugin.L2M`).
-
-    Levels 1, 2, 4, 8 are the CNN pyramid (stride = level); 16 is the coarse level, stride
-    ``config.arch_config.coarse_stride`` (16 for a CNN coarse encoder, 14 for a ViT).
-
-    Raises:
-        TypeError: ``model`` is not an L2M.
-        ValueError: ``level`` is not one of 1, 2, 4, 8, 16.
-    """
-    if not _is_l2m(model):
-        raise TypeError(f"level_stride needs an L2M, got {type(model).__name__}")
-    if level not in (1, 2, 4, 8, 16):
-        raise ValueError(f"level must be one of 1, 2, 4, 8, 16 (the encoder's pyramid levels), got {level!r}")
-    return model.config.arch_config.coarse_stride if level == 16 else level
-
-
-def _check_model(model: Any) -> None:
-    from ..models.encoder import Encoder
-
-    if isinstance(model, Encoder):
-        raise TypeError(
-            "model: pass the L2M itself, not model.encoder: the encoder alone does not know the "
-            "matcher's input normalisation (L2M.preprocess)"
-        )
-    if not callable(model):
-        raise TypeError(f"model must be an L2M or a callable encoder, got {type(model).__name__}")
-
-
-def encode_level(model: Any, image: torch.Tensor, size: tuple[int, int], level: int = 16) -> torch.Tensor:
-    """Features of one batch of images at one pyramid level, as :func:`feature_nn_pck` uses them.
-
-    Args:
-        model: an :class:`~l2m_plugin.L2M` (input made by ``model.preprocess(image, size)``,
-            features by ``model.encoder``, the coarse module only for level 16), or any
-            callable taking (B, 3, H, W) float32 images in [0, 1] resized to ``size``
-            (:func:`~l2m_plugin.models.matcher.resize_input`) and returning either a
-            dict ``{level: (B, C, h, w)}`` or a (B, C, h, w) tensor.
-        image: (B, 3, H, W) float RGB in [0, 1].
-        size: (height, width) of the encoder input.
-        level: pyramid level (key of the encoder's dict).
-    Returns:
-        (B, C, h, w) float32 features on the CPU, not normalised. No gradients, eval mode
-        (a module's training flag is restored afterwards).
-    Raises:
-        TypeError: ``model`` is a bare :class:`~l2m_plugin.models.encoder.Encoder` or not callable.
-        ValueError: ``level`` not produced by the encoder, or a malformed feature map.
-    """
-    from ..models.matcher import resize_input
-
-    _check_model(model)
-    was_training = isinstance(model, nn.Module) and model.training
-    try:
-        if isinstance(model, nn.Module):
-            model.eval()
-        with torch.no_grad():
-            if _is_l2m(model):
-                level_stride(model, level)  # validates the level
-                x = model.preprocess(image.to(model.device, torch.float32), size)
-                feats = model.encoder(x, with_vit=level == 16)
-            else:
-                feats = model(resize_input(image.float(), size))
-    finally:
-        if was_training:
-            model.train()
-    if isinstance(feats, Mapping):
-        if level not in feats:
-            raise ValueError(f"level {level!r} is not among the encoder's levels {sorted(feats)}")
-        feats = feats[level]
-    if not torch.is_tensor(feats) or feats.ndim != 4 or feats.shape[0] != image.shape[0]:
-        shape = tuple(feats.shape) if torch.is_tensor(feats) else type(feats).__name__
-        raise ValueError(f"the encoder must return (B, C, h, w) features at level {level}, got {shape}")
-    return feats.detach().float().cpu()
 
 
 def _to_image(x: Any, name: str) -> torch.Tensor:
@@ -401,11 +308,11 @@ def feature_nn_pck(
         ValueError: bad ``level``, ``size``, ``thresholds_px``, ``max_points``, shapes, or no pairs.
     """
     t_start = time.perf_counter()
-    _check_model(model)
+    check_model(model)
     ts = _check_thresholds(thresholds_px)
     if not isinstance(level, int) or isinstance(level, bool):
         raise ValueError(f"level must be an int pyramid level, got {level!r}")
-    stride = level_stride(model, level) if _is_l2m(model) else None
+    stride = level_stride(model, level) if is_l2m(model) else None
     size = _check_size(size, stride)
     if max_points is not None and (not isinstance(max_points, int) or max_points < 1):
         raise ValueError(f"max_points must be None or a positive integer, got {max_points!r}")
@@ -479,7 +386,6 @@ def iter_synth_pairs(root: str | os.PathLike, max_pairs: int | None = None) -> I
         FileNotFoundError: ``root`` is not a folder.
         ValueError: it lists no pairs.
     """
-    from ..synthesis.dataset import list_pairs, read_pair
 
     if not os.path.isdir(root):
         raise FileNotFoundError(f"l2m-synth folder {root} does not exist")

@@ -1,7 +1,7 @@
 """Synthetic homography pairs from held-out photos: match reprojection error, PCK, corner AUC.
 
 Data: the photos under ``data_root`` (``l2m bench homography --data-root DIR``), listed
-by :func:`l2m_plugin.synthesis.dataset.source_listing`, the sorted listing ``l2m synth``
+by :func:`l2m_plugin.synthesis.generate.source_listing`, the sorted listing ``l2m synth``
 uses, and split by the same rule: with ``data.split="heldout"`` (default) photo ``j`` of
 that listing is used when ``j % data.holdout_every == 0`` (``l2m synth --split heldout``),
 so a matcher trained on ``l2m synth --split train`` pairs never saw these photos.
@@ -50,17 +50,25 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from ..sfm.pipeline import _atomic_json
-from .base import Benchmark, BenchmarkDataError, BenchmarkPair, pair_rng
-from .hpatches import HPatches, dkm_corner_error
-from .metrics import pose_auc
+from l2m_plugin.eval.base import Benchmark, BenchmarkDataError, BenchmarkPair, pair_rng
+from l2m_plugin.eval.hpatches import HPatches, dkm_corner_error
+from l2m_plugin.eval.metrics import pose_auc
+from l2m_plugin.files import atomic_json
+from l2m_plugin.io import ImageLoadError, load_image, write_png
+from l2m_plugin.synthesis.generate import RunSettings, source_listing
+from l2m_plugin.synthesis.homography import (
+    HomographyConfig,
+    homography_warp,
+    random_homography_pair,
+)
 
 __all__ = ["HomographyBenchmark", "reprojection_errors"]
 
@@ -84,16 +92,6 @@ def reprojection_errors(H_0to1: np.ndarray, kpts0: np.ndarray, kpts1: np.ndarray
         q = p[:, :2] / p[:, 2:]
         e = np.linalg.norm(q - k1, axis=1)
     return np.where((p[:, 2] > 0) & np.isfinite(e), e, np.inf)
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    """An RGB uint8 image as PNG, atomically (a crash never leaves a truncated file)."""
-    import cv2
-
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    if not cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[..., ::-1])):
-        raise OSError(f"could not write {tmp}")
-    os.replace(tmp, path)
 
 
 class HomographyBenchmark(Benchmark):
@@ -125,8 +123,6 @@ class HomographyBenchmark(Benchmark):
     # ------------------------------------------------------------------ data
     def _listing(self) -> tuple[list[str], dict[str, int]]:
         """(photos of the split, {photo: index in the full sorted listing})."""
-        from ..synthesis.dataset import RunSettings, source_listing
-
         d = self.conf["data"]
         try:
             full = source_listing(RunSettings(images=str(self.data_root), depth="synthetic"))
@@ -137,8 +133,6 @@ class HomographyBenchmark(Benchmark):
         return names, {n: j for j, n in enumerate(full)}
 
     def _generator_settings(self) -> dict:
-        from ..synthesis.homography import HomographyConfig
-
         d = self.conf["data"]
         names, index = self._listing()
         return {
@@ -161,17 +155,12 @@ class HomographyBenchmark(Benchmark):
 
     def load_pairs(self) -> list[BenchmarkPair]:
         """Generate (or reuse) one pair per photo of the split; two list entries per photo."""
-        from tqdm import tqdm
-
-        from ..io import ImageLoadError, load_image
-        from ..synthesis.homography import HomographyConfig, random_homography_pair
-
         settings = self._generator_settings()
         if not settings["listing"]:
             raise BenchmarkDataError(f"no photos in split {self.conf['data']['split']!r} of {self.data_root}")
         root = self.image_root
         root.mkdir(parents=True, exist_ok=True)
-        _atomic_json(root / "settings.json", {k: v for k, v in settings.items() if k != "listing"}
+        atomic_json(root / "settings.json", {k: v for k, v in settings.items() if k != "listing"}
                      | {"num_photos": len(settings["listing"])})  # fmt: skip
         size = tuple(settings["size"])
         pairs = []
@@ -188,11 +177,11 @@ class HomographyBenchmark(Benchmark):
                     raise BenchmarkDataError(f"cannot read photo {photo}: {e}") from e
                 pair = random_homography_pair(rgb, size, pair_rng(settings["seed"], j), HomographyConfig())
                 (root / folder).mkdir(exist_ok=True)
-                _write_png(root / folder / "image0.png", pair.image0)
-                _write_png(root / folder / "image1.png", pair.image1)
+                write_png(root / folder / "image0.png", pair.image0)
+                write_png(root / folder / "image1.png", pair.image1)
                 meta = {"photo": photo, "index": j, "size": list(size), "H_0to1": pair.H_0to1.tolist(),
                         "scale": pair.scale, "rotation_deg": pair.rotation_deg}  # fmt: skip
-                _atomic_json(meta_path, meta)  # written last: marks the pair complete
+                atomic_json(meta_path, meta)  # written last: marks the pair complete
             n0, n1 = f"{folder}/image0.png", f"{folder}/image1.png"
             info = {"photo": photo, "photo_index": j, "scale": meta["scale"], "rotation_deg": meta["rotation_deg"]}
             H = np.asarray(meta["H_0to1"], np.float64)
@@ -203,10 +192,6 @@ class HomographyBenchmark(Benchmark):
     def ground_truth_warp(self, pair: BenchmarkPair, size0, size1):
         """Exact warps both ways from ``H_0to1`` (:func:`~l2m_plugin.synthesis.homography.homography_warp`;
         sizes (W, H)); returns torch tensors as :meth:`Benchmark.ground_truth_warp` documents."""
-        import torch
-
-        from ..synthesis.homography import homography_warp
-
         H = np.asarray(pair.H_0to1, np.float64)
         (w0, h0), (w1, h1) = size0, size1
         a, va = homography_warp(H, (h0, w0), (h1, w1))

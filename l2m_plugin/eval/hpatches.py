@@ -32,9 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Benchmark, BenchmarkDataError, BenchmarkPair, pair_rng
-from .estimation import estimate_homography
-from .metrics import homography_corner_error, pose_auc
+from l2m_plugin.coords import (
+    hloc_to_pixel,
+    normalized_grid,
+    normalized_to_pixel,
+    pixel_to_hloc,
+    pixel_to_normalized,
+)
+from l2m_plugin.eval.base import Benchmark, BenchmarkDataError, BenchmarkPair, pair_rng
+from l2m_plugin.eval.estimation import estimate_homography
+from l2m_plugin.eval.metrics import homography_corner_error, pose_auc
 
 __all__ = ["HPatches", "SKIP_SEQUENCES", "dkm_corner_error"]
 
@@ -127,15 +134,13 @@ class HPatches(Benchmark):
         """Warps from the homography, at full resolution (COLMAP convention in and out)."""
         import torch
 
-        from ..coords import normalized_grid, normalized_to_pixel, pixel_to_normalized
-
         def warp(H, src, dst):
             w, h = src
             g = normalized_grid(h, w, dtype=torch.float64)
-            p = normalized_to_pixel(g.reshape(-1, 2), w, h) - 0.5
+            p = pixel_to_hloc(normalized_to_pixel(g.reshape(-1, 2), w, h))
             q = torch.cat((p, torch.ones_like(p[:, :1])), 1) @ torch.from_numpy(H).T
             q = q[:, :2] / q[:, 2:]
-            n = pixel_to_normalized(q + 0.5, *dst).reshape(h, w, 2)
+            n = pixel_to_normalized(hloc_to_pixel(q), *dst).reshape(h, w, 2)
             return n.float().clamp(-1, 1), (n.abs() <= 1).all(-1)
 
         H = np.asarray(pair.H_0to1, np.float64)

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import BenchmarkDataError, BenchmarkPair
-from .pose import POSE_EVAL_DEFAULTS, PoseBenchmark
+from l2m_plugin.eval.base import BenchmarkDataError, BenchmarkPair
+from l2m_plugin.eval.pose import POSE_EVAL_DEFAULTS, PoseBenchmark
 
 __all__ = ["MegaDepth1500", "SCENES", "read_scene_info"]
 

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Benchmark, BenchmarkPair, pair_rng
-from .estimation import estimate_relative_pose
-from .metrics import pose_auc, relative_pose_error
+from l2m_plugin.eval.base import Benchmark, BenchmarkPair, pair_rng
+from l2m_plugin.eval.estimation import estimate_relative_pose
+from l2m_plugin.eval.metrics import pose_auc, relative_pose_error
+from l2m_plugin.geometry import warp_from_depth
 
 __all__ = ["PoseBenchmark", "to_frame"]
 
@@ -101,8 +102,6 @@ class PoseBenchmark(Benchmark):
         (depth > 0, inside the other image, not occluded there).
         """
         import torch
-
-        from ..geometry import warp_from_depth
 
         self.require_ground_truth()
         d0, d1 = self.read_depth(pair.depth0), self.read_depth(pair.depth1)

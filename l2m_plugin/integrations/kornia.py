@@ -3,10 +3,13 @@
 Source of the contract: ``kornia.feature.LoFTR.forward`` (kornia 0.9.0,
 ``kornia/feature/loftr/loftr.py``). Code written for LoFTR runs unchanged::
 
-    from l2m_plugin.integrations.kornia import L2M
+    from l2m_plugin.integrations.kornia import KorniaL2M
 
-    matcher = L2M()                    # instead of kornia.feature.LoFTR("outdoor"); l2m-tiny, offline
-    matcher = L2M("l2mpp-v2")          # the authors' L2M++ (downloaded once)
+    matcher = KorniaL2M()              # instead of kornia.feature.LoFTR("outdoor"); l2m-tiny, offline
+    matcher = KorniaL2M("l2mpp-v2")    # the authors' L2M++ (downloaded once)
+
+(``KorniaL2M`` was called ``L2M`` before 2026-12-05, the name of the matcher itself; the old
+name still imports, with a ``DeprecationWarning``.)
     out = matcher({"image0": img0, "image1": img1})
     F, inliers = kornia.geometry.ransac.RANSAC("fundamental")(out["keypoints0"], out["keypoints1"])
 
@@ -44,13 +47,16 @@ pairs of the batch (given a matcher whose dense output is batch-independent, as 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = ["L2M", "to_loftr_frame"]
+from l2m_plugin.matching.build import build_matcher
+
+__all__ = ["KorniaL2M", "to_loftr_frame"]
 
 _IMAGE_SHAPE = "(B, 1, H, W) or (B, 3, H, W) float tensor in [0, 1]"
 
@@ -65,10 +71,10 @@ def to_loftr_frame(kpts: torch.Tensor) -> torch.Tensor:
     return kpts
 
 
-class L2M(nn.Module):
+class KorniaL2M(nn.Module):
     """L2M dense matcher behind ``kornia.feature.LoFTR``'s interface.
 
-    ``out = L2M(...)({"image0": x0, "image1": x1})``, see the module docstring for the full
+    ``out = KorniaL2M(...)({"image0": x0, "image1": x1})``, see the module docstring for the full
     contract. Shapes: ``x0`` (B, 1|3, H0, W0), ``x1`` (B, 1|3, H1, W1) float in [0, 1];
     ``out["keypoints0"]``, ``out["keypoints1"]`` (N, 2) float32 in LoFTR's frame (pixel
     centres at i + 0.5, as L2M's own keypoints; subtract 0.5 for kornia's frame); ``out["confidence"]`` (N,)
@@ -83,7 +89,7 @@ class L2M(nn.Module):
         matcher: an already-built dense matcher to wrap instead of loading weights: any object
             with L2M's ``forward(dict) -> dense dict``, ``sample(dense, num, generator=,
             batch_index=)`` and ``device`` interface, e.g. a
-            :class:`l2m_plugin.models.matcher.L2M` or :class:`l2m_plugin.oracle.OracleMatcher`.
+            :class:`l2m_plugin.models.matcher.L2M` or :class:`l2m_plugin.matching.oracle.OracleMatcher`.
             An ``nn.Module`` matcher becomes a submodule (put in eval mode, moved by ``.to``).
         encoder_weights: ViT weights for official-layout checkpoints (see ``load_matcher``).
         preset: name in :data:`l2m_plugin.config.PRESETS` giving the inference config
@@ -126,33 +132,10 @@ class L2M(nn.Module):
         super().__init__()
         if int(num_matches) < 1:
             raise ValueError(f"num_matches must be >= 1, got {num_matches}")
-        if matcher is None:
-            from ..config import resolve_config
-            from ..weights import load_matcher
-
-            matcher = load_matcher(
-                weights,
-                config=resolve_config(preset, config),
-                encoder_weights=encoder_weights,
-                device=device,
-                **config_overrides,
-            )
-        else:
-            loading = {"encoder_weights": encoder_weights, "preset": preset, "config": config}
-            if config_overrides or any(v is not None for v in loading.values()):
-                given = sorted(config_overrides) + [k for k, v in loading.items() if v is not None]
-                raise ValueError(
-                    f"{given} apply only when the adapter loads weights; "
-                    "configure the matcher passed as matcher= instead"
-                )
-            for attr in ("sample", "device"):
-                if not hasattr(matcher, attr):
-                    raise TypeError(
-                        f"matcher must have L2M's forward / sample / device interface; "
-                        f"{type(matcher).__name__} has no {attr!r}"
-                    )
-            if device is not None and isinstance(matcher, nn.Module):
-                matcher = matcher.to(device)
+        matcher = build_matcher(
+            weights, matcher=matcher, preset=preset, config=config, encoder_weights=encoder_weights,
+            device=device, **config_overrides,
+        )  # fmt: skip
         self.matcher = matcher
         self.num_matches = int(num_matches)
         self.seed = None if seed is None else int(seed)
@@ -251,3 +234,14 @@ class L2M(nn.Module):
                     }
                 )
         return {k: torch.cat([p[k] for p in parts]).to(out_device) for k in parts[0]}
+
+
+def __getattr__(name: str):
+    if name == "L2M":  # the adapter's name before 2026-12-05
+        warnings.warn(
+            "l2m_plugin.integrations.kornia.L2M is now KorniaL2M (l2m_plugin.L2M is the matcher itself)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return KorniaL2M
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

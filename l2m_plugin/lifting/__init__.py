@@ -22,10 +22,10 @@ j) at (j + 0.5, i + 0.5)), world = camera 0 of the source photo, ``T_0to[v]`` ca
 camera v, z-depth in the depth map's units.
 """
 
-from .dataset import LiftedViews, encoder_level_features, lift_photos
-from .fit import FitConfig, FittedScene, fit_scene, scale_intrinsics
-from .gaussians import FeatureField, FeatureGaussians
-from .rasterize import (
+from l2m_plugin.lifting.dataset import LiftedViews, encoder_level_features, lift_photos
+from l2m_plugin.lifting.fit import FitConfig, FittedScene, fit_scene, scale_intrinsics
+from l2m_plugin.lifting.gaussians import FeatureField, FeatureGaussians
+from l2m_plugin.lifting.rasterize import (
     ALPHA_MAX,
     ALPHA_THRESHOLD,
     BACKENDS,
@@ -37,7 +37,7 @@ from .rasterize import (
     quat_to_rotmat,
     rasterize_gaussians,
 )
-from .views import SceneViews, synthesize_views
+from l2m_plugin.lifting.views import SceneViews, synthesize_views
 
 __all__ = [
     "ALPHA_MAX",

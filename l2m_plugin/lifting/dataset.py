@@ -1,7 +1,7 @@
 """Lifted scenes on disk: the fitted feature targets of L2M stage 1, and their data set.
 
 ``lift_photos`` runs, for every source photo of a run: load it at the training size with
-its depth (:class:`~l2m_plugin.synthesis.dataset.SourceLoader`, as ``l2m synth``),
+its depth (:class:`~l2m_plugin.synthesis.generate.SourceLoader`, as ``l2m synth``),
 synthesise ``views`` views (:func:`~l2m_plugin.lifting.synthesize_views`), compute the
 frozen encoder's features of each, fit a feature-Gaussian field
 (:func:`~l2m_plugin.lifting.fit_scene`) and store the rendered targets. A folder::
@@ -20,11 +20,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from l2m_plugin.files import append_jsonl, atomic_path
+from l2m_plugin.lifting.fit import fit_scene
+from l2m_plugin.lifting.views import synthesize_views
+from l2m_plugin.models.features import encode_level
+from l2m_plugin.synthesis import SynthesisError, synthetic_depth
+from l2m_plugin.synthesis.errors import BackendUnavailableError
 
 __all__ = ["lift_photos", "LiftedViews", "encoder_level_features"]
 
@@ -66,7 +72,7 @@ def lift_photos(model, names: list[str], loader, out, *, views: int, synth_conf,
         model: the :class:`~l2m_plugin.L2M` whose (frozen) encoder gives the features to lift.
         names: the run's photos (relative paths, from ``source_listing``); scene ids are
             their indices.
-        loader: a :class:`~l2m_plugin.synthesis.dataset.SourceLoader`.
+        loader: a :class:`~l2m_plugin.synthesis.generate.SourceLoader`.
         out: the folder (created).
         views: views per photo, the source included.
         synth_conf: :class:`~l2m_plugin.synthesis.SynthConfig` of the novel views.
@@ -84,13 +90,6 @@ def lift_photos(model, names: list[str], loader, out, *, views: int, synth_conf,
     import time
 
     from tqdm import tqdm
-
-    from ..eval.features import encode_level
-    from ..synthesis import SynthesisError, synthetic_depth
-    from ..synthesis.dataset import _append_jsonl
-    from ..synthesis.errors import BackendUnavailableError
-    from .fit import fit_scene
-    from .views import synthesize_views
 
     out = Path(out)
     (out / "scenes").mkdir(parents=True, exist_ok=True)
@@ -121,17 +120,16 @@ def lift_photos(model, names: list[str], loader, out, *, views: int, synth_conf,
         except (SynthesisError, ValueError, OSError, RuntimeError) as exc:
             rec = {"index": i, "source": rel, "error": f"{type(exc).__name__}: {exc}"}
             logger.warning("stage 1: skipped %s: %s", rel, rec["error"])
-            _append_jsonl(out / "failures.jsonl", rec)
+            append_jsonl(out / "failures.jsonl", rec)
             summary["failed"].append(rec)
             bar.update(1)
             continue
         stats = {**fitted.stats, "source_view_feature_l1": float((fitted.targets[0] - feats[0]).abs().mean())}
-        tmp = path.with_name(path.stem + ".partial.npz")
-        np.savez(
-            tmp, images=sv.images, targets=fitted.targets.numpy().astype(np.float16), valid=fitted.valid.numpy(),
-            Ks=sv.Ks, T_0to=sv.T_0to, source=np.array(rel), stats=np.array(json.dumps(stats)),
-        )  # fmt: skip
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # scenes/<id>.partial.npz until complete
+            np.savez(
+                tmp, images=sv.images, targets=fitted.targets.numpy().astype(np.float16), valid=fitted.valid.numpy(),
+                Ks=sv.Ks, T_0to=sv.T_0to, source=np.array(rel), stats=np.array(json.dumps(stats)),
+            )  # fmt: skip
         summary["written"] += 1
         summary["seconds"] += time.perf_counter() - t0
         bar.update(1)

@@ -28,8 +28,10 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from .gaussians import FeatureField, FeatureGaussians
-from .views import SceneViews
+from l2m_plugin.coords import index_to_pixel, pixel_to_index
+from l2m_plugin.lifting.gaussians import FeatureField, FeatureGaussians
+from l2m_plugin.lifting.rasterize import FixedBlend, blend_weights
+from l2m_plugin.lifting.views import SceneViews
 
 __all__ = ["FitConfig", "FittedScene", "fit_scene", "scale_intrinsics", "texture_weights"]
 
@@ -143,21 +145,6 @@ def scale_intrinsics(K: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
     return S @ K
 
 
-class _FixedBlend(torch.autograd.Function):
-    """``W @ x`` for a fixed sparse CSR ``W`` with its transpose precomputed: the backward
-    pass is the sparse product ``W^T @ grad`` (torch's generic sparse backward converts the
-    matrix at every call, about 10x slower on a CPU)."""
-
-    @staticmethod
-    def forward(ctx, x, W, Wt):
-        ctx.Wt = Wt
-        return W @ x
-
-    @staticmethod
-    def backward(ctx, grad):
-        return ctx.Wt @ grad.contiguous(), None, None
-
-
 def _masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean |a - b| over channels and the cells where mask (N, 1, H, W) is True."""
     m = mask.to(a.dtype)
@@ -180,8 +167,8 @@ def texture_weights(uv: torch.Tensor, size: tuple[int, int], stride: float) -> t
     """
     W, H = size
     gw, gh = max(1, math.ceil(W / stride)), max(1, math.ceil(H / stride))
-    x = (uv[:, 0].double() / stride - 0.5).clamp(0, gw - 1)
-    y = (uv[:, 1].double() / stride - 0.5).clamp(0, gh - 1)
+    x = pixel_to_index(uv[:, 0].double() / stride).clamp(0, gw - 1)
+    y = pixel_to_index(uv[:, 1].double() / stride).clamp(0, gh - 1)
     x0, y0 = x.floor().clamp(max=max(gw - 2, 0)), y.floor().clamp(max=max(gh - 2, 0))
     fx, fy = (x - x0).clamp(0, 1), (y - y0).clamp(0, 1)
     x1, y1 = (x0 + 1).clamp(max=gw - 1), (y0 + 1).clamp(max=gh - 1)
@@ -276,7 +263,7 @@ def _fit_scene(views: SceneViews, target_features: torch.Tensor, conf: FitConfig
     if fstride:
         texture, (gh, gw) = texture_weights(uv, (W, H), fstride)
         jj, ii = torch.meshgrid(torch.arange(gw), torch.arange(gh), indexing="xy")
-        points = torch.stack(((jj.reshape(-1) + 0.5) * fstride, (ii.reshape(-1) + 0.5) * fstride), -1).float()
+        points = torch.stack((index_to_pixel(jj.reshape(-1)) * fstride, index_to_pixel(ii.reshape(-1)) * fstride), -1).float()
     else:
         points = uv
     field = FeatureField(gaussians, C, texture)
@@ -301,7 +288,6 @@ def _fit_scene(views: SceneViews, target_features: torch.Tensor, conf: FitConfig
             out = g.render(viewmats, Kr, rw, rh, backend=conf.backend, features=field.gaussian_features())
             return out["rgb"], F.avg_pool2d(out["alpha"], r), F.avg_pool2d(out["features"], r)
     else:
-        from .rasterize import blend_weights
 
         for p in (g.means, g.log_scales, g.quats, g.opacity_logits):
             p.requires_grad_(False)
@@ -323,9 +309,9 @@ def _fit_scene(views: SceneViews, target_features: torch.Tensor, conf: FitConfig
             alpha_f = (pooled @ torch.ones(len(g), 1)).reshape(V, h, w, 1).permute(0, 3, 1, 2)
 
         def render():
-            rgb = _FixedBlend.apply(torch.sigmoid(g.color_logits), *mats["rgb"])
+            rgb = FixedBlend.apply(torch.sigmoid(g.color_logits), *mats["rgb"])
             if texture is None:
-                feat = _FixedBlend.apply(g.features, *mats["feat"])
+                feat = FixedBlend.apply(g.features, *mats["feat"])
             else:
                 feat = feat_mat @ field.latent
             rgb = rgb.reshape(V, rh, rw, 3).permute(0, 3, 1, 2)

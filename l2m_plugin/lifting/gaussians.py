@@ -20,6 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from l2m_plugin.coords import index_to_pixel
+from l2m_plugin.lifting.rasterize import FixedBlend, rasterize_gaussians
+
 __all__ = ["FeatureGaussians", "FeatureField"]
 
 
@@ -94,8 +97,8 @@ class FeatureGaussians(nn.Module):
         if not bool(keep.any()):
             raise ValueError("no pixel has depth > 0: nothing to lift")
         jj, ii = torch.meshgrid(torch.arange(w), torch.arange(h), indexing="xy")
-        u = (jj.reshape(-1).double() + 0.5) * s
-        v = (ii.reshape(-1).double() + 0.5) * s
+        u = index_to_pixel(jj.reshape(-1).double()) * s
+        v = index_to_pixel(ii.reshape(-1).double()) * s
         Kt = torch.as_tensor(np.asarray(K, np.float64))
         x = (u - Kt[0, 2]) / Kt[0, 0]
         y = (v - Kt[1, 2]) / Kt[1, 1]
@@ -136,7 +139,6 @@ class FeatureGaussians(nn.Module):
         ``features``: (N, F) per-Gaussian features to render instead of ``self.features``
         (:class:`FeatureField` with a feature texture).
         """
-        from .rasterize import rasterize_gaussians
 
         a = self.activated()
         feats = self.features if features is None else features
@@ -185,9 +187,8 @@ class FeatureField(nn.Module):
         """(N, feature_dim): each Gaussian's feature (its own, or from the texture)."""
         if self.texture is None:
             return self.gaussians.features
-        from .fit import _FixedBlend
 
-        return _FixedBlend.apply(self.latent, self.texture, self._texture_t)
+        return FixedBlend.apply(self.latent, self.texture, self._texture_t)
 
     def forward(self, viewmats, Ks, width: int, height: int, *, backend: str = "auto") -> dict[str, torch.Tensor]:
         """:meth:`FeatureGaussians.render` plus ``encoder_features`` (C, out_dim, H, W) =

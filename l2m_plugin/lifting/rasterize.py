@@ -83,6 +83,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from l2m_plugin.coords import index_to_pixel, pixel_to_index
+
 __all__ = [
     "blend_weights",
     "ALPHA_MAX",
@@ -492,9 +494,9 @@ class _PairAlpha(torch.autograd.Function):
 def _pixel_centres(pix: Tensor, W: int, H: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Centres (x, y) = (j + 0.5, i + 0.5) of flat pixel ids ``(c * H + i) * W + j``."""
     p = pix.to(torch.float64)
-    rows = torch.floor((p + 0.5) / W)  # c * H + i (exact: the ids are integers < 2^53)
-    x = p - rows * W + 0.5
-    y = rows - torch.floor((rows + 0.5) / H) * H + 0.5
+    rows = torch.floor((2 * p + 1) / (2 * W))  # c * H + i (exact: the ids are integers < 2^53)
+    x = index_to_pixel(p - rows * W)
+    y = index_to_pixel(rows - torch.floor((2 * rows + 1) / (2 * H)) * H)
     return x.to(dtype), y.to(dtype)
 
 
@@ -511,10 +513,10 @@ def _enumerate_pairs(params: Tensor, radii: Tensor, W: int, H: int) -> tuple[Ten
     V = params.shape[1]
     rad = radii.to(torch.float64)
     # box of pixel centres j + 0.5 in [mx - rx, mx + rx], i + 0.5 in [my - ry, my + ry]
-    j0 = torch.ceil(mx - rad[:, 0] - 0.5).clamp_min(0)
-    j1 = torch.floor(mx + rad[:, 0] - 0.5).clamp_max(W - 1)
-    i0 = torch.ceil(my - rad[:, 1] - 0.5).clamp_min(0)
-    i1 = torch.floor(my + rad[:, 1] - 0.5).clamp_max(H - 1)
+    j0 = torch.ceil(pixel_to_index(mx - rad[:, 0])).clamp_min(0)
+    j1 = torch.floor(pixel_to_index(mx + rad[:, 0])).clamp_max(W - 1)
+    i0 = torch.ceil(pixel_to_index(my - rad[:, 1])).clamp_min(0)
+    i1 = torch.floor(pixel_to_index(my + rad[:, 1])).clamp_max(H - 1)
     ny = (i1 - i0 + 1).clamp_min(0).to(torch.int64)
     # rows
     rv = torch.repeat_interleave(torch.arange(V, device=dev), ny)
@@ -523,11 +525,11 @@ def _enumerate_pairs(params: Tensor, radii: Tensor, W: int, H: int) -> tuple[Ten
     # columns of the row inside the ellipse 0.5 a dx^2 + b dx dy + 0.5 c dy^2 <= L
     a_r, b_r, c_r, mx_r = (t.index_select(0, rv) for t in (a, b, c, mx))
     L = torch.log(op.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD).index_select(0, rv) + 1e-4
-    dy = my.index_select(0, rv) - (row + 0.5)
+    dy = my.index_select(0, rv) - index_to_pixel(row)
     half = torch.sqrt((2.0 * a_r * L - (a_r * c_r - b_r * b_r) * dy * dy).clamp_min(0)) / a_r
     centre = mx_r + b_r * dy / a_r  # x where sigma is smallest on this row
-    lo = torch.maximum(torch.ceil(centre - half - 0.5), j0.index_select(0, rv))
-    hi = torch.minimum(torch.floor(centre + half - 0.5), j1.index_select(0, rv))
+    lo = torch.maximum(torch.ceil(pixel_to_index(centre - half)), j0.index_select(0, rv))
+    hi = torch.minimum(torch.floor(pixel_to_index(centre + half)), j1.index_select(0, rv))
     nx = (hi - lo + 1).clamp_min(0).to(torch.int64)
     # pixels
     pr = torch.repeat_interleave(torch.arange(len(rv), device=dev), nx)
@@ -717,3 +719,18 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
         raise ValueError(f"means must be float32 or float64, got {means.dtype}")
     if int(width) < 1 or int(height) < 1:
         raise ValueError(f"width and height must be >= 1, got {width} x {height}")
+
+
+class FixedBlend(torch.autograd.Function):
+    """``W @ x`` for a fixed sparse CSR ``W`` with its transpose precomputed: the backward
+    pass is the sparse product ``W^T @ grad`` (torch's generic sparse backward converts the
+    matrix at every call, about 10x slower on a CPU)."""
+
+    @staticmethod
+    def forward(ctx, x, W, Wt):
+        ctx.Wt = Wt
+        return W @ x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.Wt @ grad.contiguous(), None, None

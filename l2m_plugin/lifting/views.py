@@ -19,6 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from l2m_plugin.synthesis import SynthConfig, synthesize_pair
+from l2m_plugin.synthesis.pair import sample_intrinsics
+
 __all__ = ["SceneViews", "synthesize_views"]
 
 logger = logging.getLogger(__name__)
@@ -77,8 +80,6 @@ def synthesize_views(image: np.ndarray, depth: np.ndarray, num_views: int, conf=
         ValueError: ``num_views < 2`` or bad shapes.
         l2m_plugin.synthesis.SynthesisError: no surface, or no view could be rendered.
     """
-    from ..synthesis import SynthConfig, synthesize_pair
-    from ..synthesis.pair import sample_intrinsics
 
     if int(num_views) < 2:
         raise ValueError(f"num_views must be >= 2 (the source and at least one novel view), got {num_views}")

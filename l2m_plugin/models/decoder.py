@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..coords import normalized_grid
+from l2m_plugin.config import ARCH_PRESETS
+from l2m_plugin.coords import normalized_grid, pixel_to_index
 
 __all__ = [
     "cosine_kernel",
@@ -228,8 +229,8 @@ def local_correlation(
         return _local_correlation_sampled(f0, f1, warp, radius, H, W)
     k, n = 2 * radius + 1, 2 * radius + 2
     # pixel coordinates in f1 with centres on integers (grid_sample's unnormalisation)
-    x = (warp[:, 0].float() + 1) * (W / 2) - 0.5
-    y = (warp[:, 1].float() + 1) * (H / 2) - 0.5
+    x = pixel_to_index((warp[:, 0].float() + 1) * (W / 2))
+    y = pixel_to_index((warp[:, 1].float() + 1) * (H / 2))
     x0, y0 = x.floor(), y.floor()
     fx, fy = x - x0, y - y0
     # Pad by n zeros on every side: a window that needs clamping lies wholly outside
@@ -528,7 +529,6 @@ class Decoder(nn.Module):
 
     def __init__(self, vit_dim: int = 1024, gp_solve: str = "cholesky", arch=None):
         super().__init__()
-        from ..config import ARCH_PRESETS
 
         arch = arch or ARCH_PRESETS["roma"]
         self.scales = arch.scales

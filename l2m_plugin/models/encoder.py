@@ -17,14 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["VGG19Pyramid", "DinoV2Encoder", "VIT_CONFIGS", "SmallCNNPyramid", "CoarseCNN", "SmallViT", "Encoder"]
+from l2m_plugin.config import ARCH_PRESETS, VIT_CONFIGS
 
-# name -> (timm architecture, embedding dim)
-VIT_CONFIGS: dict[str, tuple[str, int]] = {
-    "vits14": ("vit_small_patch14_dinov2", 384),
-    "vitb14": ("vit_base_patch14_dinov2", 768),
-    "vitl14": ("vit_large_patch14_dinov2", 1024),
-}
+__all__ = ["VGG19Pyramid", "DinoV2Encoder", "SmallCNNPyramid", "CoarseCNN", "SmallViT", "Encoder"]
 
 # torchvision's vgg19_bn "E" configuration up to and including the 4th max-pool,
 # i.e. exactly the modules of ``vgg19_bn().features[:40]`` (so state-dict keys
@@ -218,7 +213,6 @@ class Encoder(nn.Module):
 
     def __init__(self, vit_size: str = "vitl14", arch=None) -> None:
         super().__init__()
-        from ..config import ARCH_PRESETS
 
         arch = arch or ARCH_PRESETS["roma"]
         self.coarse_kind = arch.coarse

@@ -17,12 +17,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import MatcherConfig
-from ..sampling import sample_matches
-from .decoder import Decoder
-from .encoder import Encoder
+from l2m_plugin import hardware
+from l2m_plugin.config import MatcherConfig
+from l2m_plugin.io import load_image, resize_to_tensor
+from l2m_plugin.models.decoder import Decoder
+from l2m_plugin.models.encoder import Encoder
+from l2m_plugin.sampling import sample_matches
+from l2m_plugin.weights import DEFAULT_WEIGHTS, load_state_strict, load_weights
 
-__all__ = ["L2M", "resize_input"]
+__all__ = ["L2M", "resize_input", "load_matcher"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,7 +80,7 @@ class L2M(nn.Module):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, weights: Any = "l2m-tiny", config: MatcherConfig | None = None, **kwargs) -> L2M:
-        """Build a matcher and load weights (see :func:`l2m_plugin.weights.load_matcher`).
+        """Build a matcher and load weights (see :func:`load_matcher`).
 
         Args:
             weights: a registry name (``l2m_plugin.weights.REGISTRY``), a path to a
@@ -89,8 +92,6 @@ class L2M(nn.Module):
             l2m_plugin.weights.WeightsError: unknown name, offline download,
                 unreadable or mismatching checkpoint.
         """
-        from ..weights import load_matcher
-
         return load_matcher(weights, config=config, **kwargs)
 
     @property
@@ -125,9 +126,7 @@ class L2M(nn.Module):
         if self.config.dtype == "float32":
             return contextlib.nullcontext()
         if device.type == "cpu" and self.config.dtype == "bfloat16":
-            from ..hardware import cpu_bf16_support
-
-            if cpu_bf16_support() == "none":  # Python's default filter shows it once per call site
+            if hardware.cpu_bf16_support() == "none":  # Python's default filter shows it once per call site
                 warnings.warn(
                     "dtype='bfloat16' asked for, but this CPU has neither AMX nor AVX512-BF16: "
                     "running in float32 instead (emulated bfloat16 would be slower)",
@@ -333,8 +332,6 @@ class L2M(nn.Module):
         Raises:
             l2m_plugin.io.ImageLoadError: unreadable image (message names the file).
         """
-        from ..io import load_image, resize_to_tensor
-
         self.eval()
         device = torch.device(device) if device is not None else self.device
         ims = (load_image(image0, exif=exif), load_image(image1, exif=exif))
@@ -382,3 +379,34 @@ class L2M(nn.Module):
             out, num, self.config.sample_thresh,
             generator=generator, batch_index=batch_index, frame=frame, balanced=balanced,
         )  # fmt: skip
+
+
+def load_matcher(
+    weights: Any = DEFAULT_WEIGHTS,
+    config: MatcherConfig | None = None,
+    encoder_weights: Any = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    **overrides,
+) -> L2M:
+    """Build an :class:`L2M` and load weights into it, strictly.
+
+    Args:
+        weights, config, encoder_weights, progress, overrides: as
+            :func:`l2m_plugin.weights.load_weights` (registry name, path or state dict; a
+            config or MatcherConfig field overrides).
+        device: where to put the model (default CPU).
+    Returns:
+        The model in eval mode, ``weights_name`` set to the name or file used.
+    Raises:
+        WeightsError: see :func:`~l2m_plugin.weights.load_weights`, and the strict key check
+            (all missing / unexpected / mis-shaped keys are listed).
+        ArchitectureMismatchError: ``config`` (after ``overrides``) is for another
+            architecture than the weights' known one.
+    """
+    loaded = load_weights(weights, config=config, encoder_weights=encoder_weights, progress=progress, **overrides)
+    with torch.device("meta"):
+        model = L2M(loaded.config, weights_name=loaded.name)
+    load_state_strict(model, loaded.state_dict, loaded.source)
+    model.reset_buffers()
+    return model.to(device or "cpu").eval()

@@ -242,16 +242,6 @@ def model_statistics(rec: pycolmap.Reconstruction | None, names: Sequence[str]) 
     }
 
 
-def _cam_from_world(image) -> tuple[np.ndarray, np.ndarray]:
-    pose = image.cam_from_world() if callable(image.cam_from_world) else image.cam_from_world
-    return np.asarray(pose.rotation.matrix()), np.asarray(pose.translation)
-
-
-def poses_by_name(rec: pycolmap.Reconstruction) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{name: (R (3, 3), t (3,))}`` world-to-camera of the registered images."""
-    return {rec.images[i].name: _cam_from_world(rec.images[i]) for i in rec.reg_image_ids()}
-
-
 def rotation_errors(
     estimated: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]
 ) -> dict[str, float]:

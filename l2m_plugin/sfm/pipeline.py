@@ -19,9 +19,7 @@ Stages (each timed in ``summary.json``):
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -29,21 +27,25 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import ImageLoadError
-from .colmap import (
+from l2m_plugin.files import atomic_json
+from l2m_plugin.formats.colmap_model import poses_by_name
+from l2m_plugin.formats.hloc import write_features, write_matches
+from l2m_plugin.formats.pair_store import STORE_NAME, PairMatchStore
+from l2m_plugin.formats.pairs_txt import write_pairs
+from l2m_plugin.io import ImageLoadError, list_images, load_image
+from l2m_plugin.sfm.colmap import (
     import_into_database,
     model_statistics,
-    poses_by_name,
     rotation_errors,
     run_mapping,
     verification_report,
     verify_pairs,
 )
-from .h5 import PairMatchStore, write_features, write_matches
-from .pairs import list_images, parse_pairs_spec, write_pairs
-from .tracks import build_tracks
+from l2m_plugin.sfm.pairs import parse_pairs_spec
+from l2m_plugin.sfm.tracks import Tracks, build_tracks
+from l2m_plugin.viz import draw_reconstruction
 
-__all__ = ["reconstruct", "match_pairs"]
+__all__ = ["reconstruct", "match_pairs", "write_tracks"]
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +91,8 @@ def match_pairs(
     """Match the pairs not yet in ``store`` and append each as soon as it is done.
 
     Args:
-        pair_matcher: :class:`~l2m_plugin.sfm.matching.DensePairMatcher` or
-            :class:`~l2m_plugin.sfm.matching.SiftPairMatcher`.
+        pair_matcher: :class:`~l2m_plugin.matching.dense.DensePairMatcher` or
+            :class:`~l2m_plugin.matching.dense.SiftPairMatcher`.
         pairs: image-name pairs.
         store: the raw match file (resume state).
         progress: show a progress bar (stderr).
@@ -117,8 +119,7 @@ def match_pairs(
             try:
                 k0, k1, s = pair_matcher(a, b)
                 size0, size1 = pair_matcher.image(a).stored_size, pair_matcher.image(b).stored_size
-                # hloc's convention in the h5 files (pixel centres on integers).
-                store.write(a, b, k0 - 0.5, k1 - 0.5, s, size0, size1)
+                store.write(a, b, k0, k1, s, size0, size1)
                 report["matched"] += 1
             except ImageLoadError as exc:
                 name = a if str(a) in str(exc) else b
@@ -139,8 +140,6 @@ def match_pairs(
 
 def _read_sizes(image_dir: Path, names: Sequence[str], progress: bool) -> tuple[dict, dict]:
     """Stored (W, H) of every readable image; ``{name: message}`` for unreadable ones."""
-    from ..io import load_image
-
     sizes, bad = {}, {}
     for n in _tqdm(names, desc="reading images", unit="img", disable=not progress):
         try:
@@ -151,10 +150,26 @@ def _read_sizes(image_dir: Path, names: Sequence[str], progress: bool) -> tuple[
     return sizes, bad
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
-    os.replace(tmp, path)
+def write_tracks(
+    out: Path, raw: Sequence[tuple], sizes: dict[str, tuple[int, int]], names: Sequence[str], *,
+    cell_size: float, subpixel: bool = False,
+) -> Tracks:  # fmt: skip
+    """Per-pair matches to shared keypoints (:func:`~l2m_plugin.sfm.tracks.build_tracks`), written
+    as hloc's ``out/features.h5`` and ``out/matches.h5``.
+
+    Args:
+        raw: ``(name0, name1, kpts0 (N, 2), kpts1 (N, 2), scores (N,))`` in COLMAP pixel coordinates.
+        sizes: ``{name: (W, H)}`` of the stored images.
+        names: the images of the model (an image without matches gets 0 keypoints).
+    Returns:
+        the :class:`~l2m_plugin.sfm.tracks.Tracks`.
+    """
+    tracks = build_tracks(raw, {n: sizes[n] for n in names}, cell_size=cell_size, subpixel=subpixel)
+    for n in names:
+        tracks.keypoints.setdefault(n, np.zeros((0, 2), np.float32))
+    write_features(out / "features.h5", {n: tracks.keypoints[n] for n in names}, sizes)
+    write_matches(out / "matches.h5", tracks.matches, {n: len(tracks.keypoints[n]) for n in names})
+    return tracks
 
 
 def reconstruct(
@@ -183,8 +198,8 @@ def reconstruct(
         out_dir: output folder: ``pairs.txt``, ``pair_matches.h5``, ``features.h5``,
             ``matches.h5``, ``database.db``, ``sfm/`` (COLMAP model, binary),
             ``summary.json``, ``reconstruction.png``.
-        pair_matcher: :class:`~l2m_plugin.sfm.matching.DensePairMatcher` or
-            :class:`~l2m_plugin.sfm.matching.SiftPairMatcher`.
+        pair_matcher: :class:`~l2m_plugin.matching.dense.DensePairMatcher` or
+            :class:`~l2m_plugin.matching.dense.SiftPairMatcher`.
         pairs: ``exhaustive`` | ``sequential:K`` | ``retrieval:K`` | pairs-file path.
         cell_size, subpixel: track building (:func:`~l2m_plugin.sfm.tracks.build_tracks`).
         camera_mode, camera_model, camera_params: COLMAP cameras (see
@@ -225,7 +240,7 @@ def reconstruct(
         write_pairs(out / "pairs.txt", pair_list)
     summary["pairs"] = {"spec": pairs, "num_pairs": len(pair_list)}
 
-    store = PairMatchStore(out / "pair_matches.h5", pair_matcher.settings(), overwrite=overwrite)
+    store = PairMatchStore(out / STORE_NAME, pair_matcher.settings(), overwrite=overwrite)
     with _timed(timings, "matching"):
         report = match_pairs(pair_matcher, pair_list, store, progress=progress)
     summary["matching"] = {
@@ -241,7 +256,7 @@ def reconstruct(
     with _timed(timings, "tracks"):
         wanted = {frozenset(p) for p in pair_list}
         raw = [
-            (a, b, k0 + 0.5, k1 + 0.5, s)  # back to COLMAP's convention
+            (a, b, k0, k1, s)
             for a, b, k0, k1, s in store.items()
             if frozenset((a, b)) in wanted
             and a in sizes
@@ -249,15 +264,7 @@ def reconstruct(
             and a in names
             and b in names
         ]
-        tracks = build_tracks(
-            raw, {n: sizes[n] for n in names}, cell_size=cell_size, subpixel=subpixel
-        )
-        for n in names:
-            tracks.keypoints.setdefault(n, np.zeros((0, 2), np.float32))
-        write_features(out / "features.h5", {n: tracks.keypoints[n] - 0.5 for n in names}, sizes)
-        write_matches(
-            out / "matches.h5", tracks.matches, {n: len(tracks.keypoints[n]) for n in names}
-        )
+        tracks = write_tracks(out, raw, sizes, names, cell_size=cell_size, subpixel=subpixel)
         lengths = tracks.track_lengths()
     summary["tracks"] = {
         "cell_size_px": cell_size,
@@ -298,8 +305,6 @@ def reconstruct(
             "missing": sorted(set(refp) - set(est)),
         }
     if rec is not None:
-        from ..viz import draw_reconstruction
-
         draw_reconstruction(
             rec,
             out / "reconstruction.png",
@@ -307,5 +312,5 @@ def reconstruct(
         )
         summary["picture"] = str(out / "reconstruction.png")
     summary["timings_s"] = timings
-    _atomic_json(out / "summary.json", summary)
+    atomic_json(out / "summary.json", summary)
     return summary

@@ -13,9 +13,9 @@ plain numpy/torch, with pure seeded functions:
   :func:`synthetic_depth`, :class:`TransformersDepth` (optional ``transformers``);
 - appearance: :func:`relight` / :func:`shade`, :func:`photometric_jitter`,
   :func:`inpaint` (OpenCV, or optional ``diffusers``);
-- the on-disk format "l2m-synth" v1: :func:`run_synthesis` (``l2m synth``),
-  :func:`read_pair`, :func:`list_pairs`;
-- configuration: :class:`SynthConfig`, :data:`PRESETS` ("l2m", "hard"), :func:`load_config`.
+- the generator of the on-disk format "l2m-synth" v1 (:mod:`l2m_plugin.formats.synth_pairs`):
+  :func:`run_synthesis` (``l2m synth``); :func:`read_pair`, :func:`list_pairs` re-exported;
+- configuration: :class:`SynthConfig`, :data:`SYNTH_PRESETS` ("l2m", "hard"), :func:`load_config`.
 
 Conventions are those of :mod:`l2m_plugin.geometry`: COLMAP pixels (centre of pixel (row
 i, column j) at (j + 0.5, i + 0.5)), ``T_0to1`` maps camera-0 to camera-1 coordinates,
@@ -23,24 +23,30 @@ z-depth with 0 = no surface, warps in normalised [-1, 1] coordinates of the othe
 (``align_corners=False``).
 """
 
-from .appearance import inpaint, photometric_jitter, relight, shade
-from .config import PRESETS, SynthConfig, load_config
-from .dataset import FORMAT, VERSION, RunSettings, list_pairs, read_pair, run_synthesis
-from .depth import (
+from l2m_plugin.formats.synth_pairs import FORMAT, VERSION, list_pairs, read_pair
+from l2m_plugin.synthesis.appearance import inpaint, photometric_jitter, relight, shade
+from l2m_plugin.synthesis.config import SYNTH_PRESETS, SynthConfig, load_config
+from l2m_plugin.synthesis.depth import (
     TransformersDepth,
     disparity_to_depth,
     load_depth_file,
     normalize_depth,
     synthetic_depth,
 )
-from .errors import BackendUnavailableError, ConfigMismatchError, DepthFileError, SynthesisError
-from .mesh import Mesh, Raster, lift, rasterize, render, warps
-from .pair import SynthPair, sample_intrinsics, sample_motion, synthesize_pair
+from l2m_plugin.synthesis.errors import (
+    BackendUnavailableError,
+    ConfigMismatchError,
+    DepthFileError,
+    SynthesisError,
+)
+from l2m_plugin.synthesis.generate import RunSettings, run_synthesis
+from l2m_plugin.synthesis.mesh import Mesh, Raster, lift, rasterize, render, warps
+from l2m_plugin.synthesis.pair import SynthPair, sample_intrinsics, sample_motion, synthesize_pair
 
 __all__ = [
     "FORMAT",
     "VERSION",
-    "PRESETS",
+    "SYNTH_PRESETS",
     "SynthConfig",
     "load_config",
     "Mesh",

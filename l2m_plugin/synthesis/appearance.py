@@ -20,7 +20,9 @@ import logging
 import cv2
 import numpy as np
 
-from .errors import BackendUnavailableError
+from l2m_plugin.coords import pixel_mgrid
+from l2m_plugin.synthesis.config import InpaintConf
+from l2m_plugin.synthesis.errors import BackendUnavailableError
 
 __all__ = [
     "normals_from_depth",
@@ -40,7 +42,7 @@ def backproject(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
     """(H, W) z-depth and (3, 3) K -> (H, W, 3) float64 camera points of the pixel centres
     (COLMAP pixels, centres at j + 0.5, i + 0.5); 0 where depth is 0."""
     h, w = depth.shape
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
+    ys, xs = pixel_mgrid(h, w)
     pix = np.stack((xs, ys, np.ones_like(xs)), -1)
     return (pix @ np.linalg.inv(K).T) * np.asarray(depth, np.float64)[..., None]
 
@@ -228,7 +230,6 @@ def inpaint(image: np.ndarray, mask: np.ndarray, conf=None, seed: int = 0) -> np
     Raises:
         BackendUnavailableError: method "diffusers" without the package or its weights.
     """
-    from .config import InpaintConf
 
     conf = conf if conf is not None else InpaintConf()
     img = np.ascontiguousarray(image, dtype=np.uint8)

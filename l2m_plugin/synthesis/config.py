@@ -42,7 +42,7 @@ __all__ = [
     "InpaintConf",
     "SkyConf",
     "SynthConfig",
-    "PRESETS",
+    "SYNTH_PRESETS",
     "load_config",
     "config_to_dict",
 ]
@@ -382,14 +382,14 @@ def _hard() -> SynthConfig:
 
 
 #: named presets: "l2m" (the authors' ranges) and "hard" (wider motion and appearance change)
-PRESETS: dict[str, SynthConfig] = {"l2m": SynthConfig(), "hard": _hard()}
+SYNTH_PRESETS: dict[str, SynthConfig] = {"l2m": SynthConfig(), "hard": _hard()}
 
 
 def load_config(preset: str | SynthConfig = "l2m", overrides=(), path=None) -> SynthConfig:
     """A :class:`SynthConfig` from a preset, an optional YAML file and ``key=value`` overrides.
 
     Args:
-        preset: a name in :data:`PRESETS` or a :class:`SynthConfig`.
+        preset: a name in :data:`SYNTH_PRESETS` or a :class:`SynthConfig`.
         overrides: OmegaConf dot-list, e.g. ``["motion.rotation_deg=[10,20]",
             "inpaint.method=opencv-ns"]``; keys are relative to the synthesis config.
         path: optional YAML file (a ``synth:`` section of ``synth_conf.yaml`` or a bare
@@ -404,9 +404,9 @@ def load_config(preset: str | SynthConfig = "l2m", overrides=(), path=None) -> S
     from omegaconf.errors import OmegaConfBaseException
 
     if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ValueError(f"unknown synthesis preset {preset!r}; choose from {sorted(PRESETS)}")
-        preset = PRESETS[preset]
+        if preset not in SYNTH_PRESETS:
+            raise ValueError(f"unknown synthesis preset {preset!r}; choose from {sorted(SYNTH_PRESETS)}")
+        preset = SYNTH_PRESETS[preset]
     try:
         conf = OmegaConf.structured(preset)
         if path is not None:

@@ -21,7 +21,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import BackendUnavailableError, DepthFileError
+from l2m_plugin.coords import pixel_mgrid
+from l2m_plugin.synthesis.config import DepthConf
+from l2m_plugin.synthesis.errors import BackendUnavailableError, DepthFileError
 
 __all__ = [
     "DEPTH_EXTENSIONS",
@@ -239,7 +241,7 @@ def _layout_depth(kind: str, size, rng: np.random.Generator, conf) -> np.ndarray
     """
     w, h = size
     f = 0.6 * max(w, h)
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
+    ys, xs = pixel_mgrid(h, w)
     rx, ry = (xs - w / 2) / f, (ys - h / 2) / f  # ray direction (rx, ry, 1)
     far = float(conf.far)
     big = np.full((h, w), np.inf)
@@ -325,7 +327,7 @@ def _image_segments(image: np.ndarray, rng: np.random.Generator, k: int) -> np.n
 def _random_shape(size, rng: np.random.Generator) -> np.ndarray:
     """(H, W) bool: a superellipse, a rectangle or a thresholded noise blob."""
     w, h = size
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
+    ys, xs = pixel_mgrid(h, w)
     cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.15, 1.0) * h
     ax, ay = rng.uniform(0.06, 0.35) * w, rng.uniform(0.08, 0.5) * h
     kind = rng.integers(3)
@@ -369,7 +371,6 @@ def synthetic_depth(size: tuple[int, int], rng: np.random.Generator, conf=None, 
     Returns:
         (H, W) float32 z-depth in [near, far], no zeros.
     """
-    from .config import DepthConf
 
     conf = conf if conf is not None else DepthConf()
     sconf = conf.synthetic
@@ -391,7 +392,7 @@ def synthetic_depth(size: tuple[int, int], rng: np.random.Generator, conf=None, 
     z = z * np.exp(amp * _smooth_noise(rng, (w, h), cells))
     segments = None
     n_layers = int(rng.integers(sconf.num_layers[0], sconf.num_layers[1] + 1))
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
+    ys, xs = pixel_mgrid(h, w)
     for _ in range(n_layers):
         if image is not None and rng.random() < sconf.image_layer_probability:
             if segments is None:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from l2m_plugin.coords import MID_GREY, pixel_mgrid
+
 __all__ = [
     "HomographyConfig",
     "HomographyPair",
@@ -200,7 +202,7 @@ def homography_warp(H_0to1: np.ndarray, size0: tuple[int, int], size1: tuple[int
     """
     h0, w0 = size0
     h1, w1 = size1
-    ys, xs = np.mgrid[0:h0, 0:w0].astype(np.float64) + 0.5
+    ys, xs = pixel_mgrid(h0, w0)
     p = np.stack((xs, ys, np.ones_like(xs)), -1) @ np.asarray(H_0to1, np.float64).T
     z = p[..., 2]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -230,11 +232,11 @@ def photometric_change(image: np.ndarray, rng: np.random.Generator, strength: fl
     gain = 1 + rng.uniform(-0.4, 0.4) * s
     bias = rng.uniform(-0.15, 0.15) * s
     colour = 1 + rng.uniform(-0.12, 0.12, size=3) * s
-    x = (x - 0.5) * gain + 0.5 + bias
+    x = (x - MID_GREY) * gain + MID_GREY + bias
     x = x * colour
     if rng.random() < 0.3 * s:
         k = int(rng.choice([3, 5]))
         x = cv2.GaussianBlur(x, (k, k), 0)
     if rng.random() < 0.5 * s:
         x = x + rng.normal(0, rng.uniform(0.005, 0.03) * s, size=x.shape).astype(np.float32)
-    return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return ((np.clip(x, 0, 1) * 510 + 1) // 2).astype(np.uint8)  # x * 255 rounded half up

@@ -37,7 +37,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..coords import pixel_to_normalized
+from l2m_plugin.coords import (
+    index_to_pixel,
+    pixel_arange,
+    pixel_to_hloc,
+    pixel_to_index,
+    pixel_to_normalized,
+)
 
 __all__ = [
     "Mesh",
@@ -187,8 +193,8 @@ def lift(image, depth, K, *, max_rel_depth_jump: float = 0.1) -> Mesh:
             )
     z = torch.where(torch.isfinite(z) & (z > 0), z, torch.zeros_like(z))
     ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=torch.float64) + 0.5,
-        torch.arange(w, dtype=torch.float64) + 0.5,
+        pixel_arange(h),
+        pixel_arange(w),
         indexing="ij",
     )
     pix = torch.stack((xs, ys, torch.ones_like(xs)), -1).reshape(-1, 3)
@@ -255,10 +261,10 @@ def rasterize(
     fx, fy = uv[fv, 0], uv[fv, 1]  # (F', 3)
     # pixel centres c + 0.5 inside [min, max]: c in [ceil(min - 0.5), floor(max - 0.5)],
     # widened by 1e-6 px so that centres on a bounding edge (round-off) are tested
-    c0 = torch.ceil(fx.min(1).values - 0.5 - 1e-6).clamp(min=0)
-    c1 = torch.floor(fx.max(1).values - 0.5 + 1e-6).clamp(max=w1 - 1)
-    r0 = torch.ceil(fy.min(1).values - 0.5 - 1e-6).clamp(min=0)
-    r1 = torch.floor(fy.max(1).values - 0.5 + 1e-6).clamp(max=h1 - 1)
+    c0 = torch.ceil(pixel_to_index(fx.min(1).values) - 1e-6).clamp(min=0)
+    c1 = torch.floor(pixel_to_index(fx.max(1).values) + 1e-6).clamp(max=w1 - 1)
+    r0 = torch.ceil(pixel_to_index(fy.min(1).values) - 1e-6).clamp(min=0)
+    r1 = torch.floor(pixel_to_index(fy.max(1).values) + 1e-6).clamp(max=h1 - 1)
     nx = (c1 - c0 + 1).clamp(min=0).to(torch.int64)
     ny = (r1 - r0 + 1).clamp(min=0).to(torch.int64)
     cnt = nx * ny
@@ -278,14 +284,15 @@ def rasterize(
         start = torch.cumsum(cnt, 0) - cnt
         local = torch.arange(total, dtype=torch.int64) - start[which]
         nxw = nx[which]
-        # row-major position inside the box; float division (exact here: see the + 0.5)
+        # row-major position inside the box; float division (exact here: (2 l + 1) / (2 n) is
+        # never within rounding of an integer)
         # is much faster than int64 division on CPUs
-        q = torch.floor((local.double() + 0.5) / nxw.double()).to(torch.int64)
+        q = torch.floor((2 * local.double() + 1) / (2 * nxw.double())).to(torch.int64)
         col = c0[which] + (local - q * nxw)
         row = r0[which] + q
         del q
         del local, nxw
-        px, py = col.double() + 0.5, row.double() + 0.5
+        px, py = index_to_pixel(col.double()), index_to_pixel(row.double())
         ax, bx, cx = fx.unbind(1)
         ay, by, cy = fy.unbind(1)
         area = _edge(ax, ay, bx, by, cx, cy)  # < 0: front-facing (clockwise on screen)
@@ -321,7 +328,7 @@ def rasterize(
         a, b, c = v1[f[:, 0]], v1[f[:, 1]], v1[f[:, 2]]
         n = torch.linalg.cross(b - a, c - a)
         ray = torch.stack(
-            (cols.double() + 0.5, rows.double() + 0.5, torch.ones_like(cols.double())), 1
+            (index_to_pixel(cols.double()), index_to_pixel(rows.double()), torch.ones_like(cols.double())), 1
         )
         ray = ray @ torch.linalg.inv(K1).T  # z = 1: the ray parameter is the z-depth
         zz = (n * a).sum(1) / (n * ray).sum(1)
@@ -405,8 +412,8 @@ def warps(
         zv = z[vid]
         # top-left of the bilinear neighbourhood; a landing point within 1e-6 px of a pixel
         # centre counts as on it (round-off of exact centre-to-centre motions)
-        jx = torch.floor(u - 0.5 + 1e-6).to(torch.int64)
-        iy = torch.floor(v - 0.5 + 1e-6).to(torch.int64)
+        jx = torch.floor(pixel_to_index(u) + 1e-6).to(torch.int64)
+        iy = torch.floor(pixel_to_index(v) + 1e-6).to(torch.int64)
         ok = torch.ones(len(vid), dtype=torch.bool)
         grid_r = torch.arange(h0 * w0) // w0
         grid_c = torch.arange(h0 * w0) - grid_r * w0
@@ -471,8 +478,8 @@ def sample_image(image: np.ndarray, warp_px: np.ndarray, mask: np.ndarray | None
     import cv2
 
     src = np.asarray(image, dtype=np.float32)
-    mx = np.ascontiguousarray(warp_px[..., 0] - 0.5, dtype=np.float32)
-    my = np.ascontiguousarray(warp_px[..., 1] - 0.5, dtype=np.float32)
+    mx = np.ascontiguousarray(pixel_to_hloc(warp_px[..., 0]), dtype=np.float32)
+    my = np.ascontiguousarray(pixel_to_hloc(warp_px[..., 1]), dtype=np.float32)
     out = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     if out.ndim == 2:
         out = out[..., None]

@@ -18,10 +18,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import appearance
-from .config import SynthConfig
-from .errors import SynthesisError
-from .mesh import RasterBudgetError, lift, project, rasterize, sample_image, warps
+from l2m_plugin.coords import pixel_mgrid
+from l2m_plugin.synthesis import appearance
+from l2m_plugin.synthesis.config import SynthConfig
+from l2m_plugin.synthesis.errors import SynthesisError
+from l2m_plugin.synthesis.mesh import (
+    RasterBudgetError,
+    lift,
+    project,
+    rasterize,
+    sample_image,
+    warps,
+)
 
 __all__ = [
     "SynthPair",
@@ -208,7 +216,7 @@ def covisible_fraction(depth, K0, K1, T_0to1, size1, near_clip: float = 0.01, st
     """
     z = np.asarray(depth, np.float64)[::stride, ::stride]
     h, w = np.asarray(depth).shape
-    ys, xs = np.mgrid[0:h:stride, 0:w:stride].astype(np.float64) + 0.5
+    ys, xs = pixel_mgrid(h, w, stride)
     m = z > 0
     if not m.any():
         return 0.0

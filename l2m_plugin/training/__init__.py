@@ -14,10 +14,22 @@ encoder's fine-tuning on lifted features, :mod:`l2m_plugin.lifting`), :mod:`.fix
 (tiny data sets for tests).
 """
 
-from .data import DataError, MegaDepthPairs, StepSampler, SynthPairs
-from .losses import LossConfig, RobustLoss
-from .stage1 import STAGE1_DEFAULT_CONF, Stage1Trainer, load_stage1_conf, train_stage1
-from .trainer import DEFAULT_CONF, TrainConfigError, Trainer, build_model, load_conf, train_stage2
+from l2m_plugin.training.data import DataError, MegaDepthPairs, StepSampler, SynthPairs
+from l2m_plugin.training.losses import LossConfig, RobustLoss
+from l2m_plugin.training.stage1 import (
+    STAGE1_DEFAULT_CONF,
+    Stage1Trainer,
+    load_stage1_conf,
+    train_stage1,
+)
+from l2m_plugin.training.trainer import (
+    DEFAULT_CONF,
+    TrainConfigError,
+    Trainer,
+    build_model,
+    load_conf,
+    train_stage2,
+)
 
 __all__ = [
     "DataError",

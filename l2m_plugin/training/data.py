@@ -43,9 +43,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..config import _pair
-from ..synthesis.dataset import FORMAT as _GENERATOR_FORMAT
-from ..synthesis.dataset import VERSION as _GENERATOR_VERSION
+from l2m_plugin.config import as_pair
+from l2m_plugin.eval.megadepth import read_scene_info
+from l2m_plugin.formats.synth_pairs import FORMAT as _GENERATOR_FORMAT
+from l2m_plugin.formats.synth_pairs import VERSION as _GENERATOR_VERSION
+from l2m_plugin.geometry import warp_from_depth
+from l2m_plugin.io import resize_to_tensor
+from l2m_plugin.synthesis import list_pairs
+from l2m_plugin.synthesis.generate import list_source_images, split_images
+from l2m_plugin.synthesis.homography import (
+    HomographyConfig,
+    homography_warp,
+    random_homography_pair,
+)
 
 __all__ = [
     "DataError",
@@ -63,7 +73,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: ``synth_conf.yaml`` must say ``format: l2m-synth`` and ``version: 1``: the generator's own
-#: constants (:mod:`l2m_plugin.synthesis.dataset`), so reader and writer cannot drift apart.
+#: constants (:mod:`l2m_plugin.formats.synth_pairs`), so reader and writer cannot drift apart.
 SYNTH_FORMAT, SYNTH_VERSION = _GENERATOR_FORMAT, _GENERATOR_VERSION
 
 
@@ -73,7 +83,7 @@ class DataError(ValueError):
 
 def _size(size) -> tuple[int, int]:
     try:
-        h, w = _pair(size, "size")
+        h, w = as_pair(size, "size")
     except ValueError:
         raise DataError(f"size must be an int or (height, width), got {size!r}") from None
     if h <= 0 or w <= 0:
@@ -83,8 +93,6 @@ def _size(size) -> tuple[int, int]:
 
 def _read_rgb(path: Path, size: tuple[int, int]) -> torch.Tensor:
     from PIL import Image
-
-    from ..io import resize_to_tensor
 
     try:
         with Image.open(path) as im:
@@ -234,7 +242,6 @@ class SynthPairs(_PairDataset):
             )
         wanted = None if ids is None else set(ids)
         records, missing = [], 0
-        from ..synthesis import list_pairs
 
         # the generator's own reader: a last line cut by a crash is an unfinished pair (skipped),
         # so a folder that is still being written (or was interrupted) can be trained on
@@ -318,8 +325,6 @@ class HomographyPairs(_PairDataset):
     def __init__(self, images, size=(256, 256), *, split: str = "train", length: int | None = None,
                  config=None, max_side: int = 512, hflip: float = 0.0, seed: int = 0, holdout_every: int = 10):  # fmt: skip
         super().__init__(size, hflip, seed)
-        from ..synthesis.dataset import list_source_images, split_images
-        from ..synthesis.homography import HomographyConfig
 
         self.images = Path(images)
         try:
@@ -361,7 +366,6 @@ class HomographyPairs(_PairDataset):
             raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc})") from exc
 
     def _make(self, photo_index: int, rng: np.random.Generator) -> dict:
-        from ..synthesis.homography import homography_warp, random_homography_pair
 
         pair = random_homography_pair(self._photo(self.names[photo_index]), self.size, rng, self.config)
         H = pair.H_0to1
@@ -435,7 +439,6 @@ class MegaDepthPairs(_PairDataset):
                  max_overlap: float = 1.0, max_pairs_per_scene: int | None = None,
                  rel_depth_tol: float = 0.05, hflip: float = 0.0, seed: int = 0):  # fmt: skip
         super().__init__(size, hflip, seed)
-        from ..eval.megadepth import read_scene_info
 
         self.data_root = Path(data_root)
         self.rel_depth_tol = float(rel_depth_tol)
@@ -485,9 +488,6 @@ class MegaDepthPairs(_PairDataset):
 
     def _load(self, index: int) -> dict:
         from PIL import Image
-
-        from ..geometry import warp_from_depth
-        from ..io import resize_to_tensor
 
         s, i, j, _ = self.pairs[index]
         sc = self.scenes[s]

@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..coords import normalized_grid
+from l2m_plugin.coords import normalized_grid
 
 __all__ = ["LossConfig", "RobustLoss", "gt_at_scale", "anchor_targets", "cell_targets", "charbonnier"]
 

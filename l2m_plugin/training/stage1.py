@@ -27,7 +27,14 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .trainer import RUN_CONTROL_KEYS, TrainConfigError, Trainer, merge_conf
+from l2m_plugin.config import MatcherConfig
+from l2m_plugin.files import read_jsonl
+from l2m_plugin.lifting import FitConfig, LiftedViews, lift_photos
+from l2m_plugin.lifting.dataset import encoder_level_features
+from l2m_plugin.models.matcher import load_matcher
+from l2m_plugin.synthesis import SYNTH_PRESETS
+from l2m_plugin.synthesis.generate import RunSettings, SourceLoader, source_listing
+from l2m_plugin.training.trainer import RUN_CONTROL_KEYS, TrainConfigError, Trainer, merge_conf
 
 __all__ = ["STAGE1_DEFAULT_CONF", "load_stage1_conf", "Stage1Trainer", "train_stage1"]
 
@@ -88,10 +95,6 @@ def load_stage1_conf(path=None, overrides: list[str] | None = None):
     """
     from omegaconf import OmegaConf
 
-    from ..config import MatcherConfig
-    from ..lifting import FitConfig
-    from ..synthesis import PRESETS
-
     conf = merge_conf(STAGE1_DEFAULT_CONF, path, overrides, required=(("data", "images"), ("train", "out")),
                       free=("model", "fit"))
     try:
@@ -101,8 +104,8 @@ def load_stage1_conf(path=None, overrides: list[str] | None = None):
     except (ValueError, TypeError) as exc:
         raise TrainConfigError(f"{path or 'configuration'} (model / fit section): {exc}") from None
     d, t = conf.data, conf.train
-    if d.preset not in PRESETS:
-        raise TrainConfigError(f"data.preset must be one of {sorted(PRESETS)}, got {d.preset!r}")
+    if d.preset not in SYNTH_PRESETS:
+        raise TrainConfigError(f"data.preset must be one of {sorted(SYNTH_PRESETS)}, got {d.preset!r}")
     if int(d.views) < 2:
         raise TrainConfigError(f"data.views must be >= 2 (the source and a novel view), got {d.views}")
     if t.trainable not in ("coarse", "all"):
@@ -130,7 +133,6 @@ class _EncoderLevel(nn.Module):
         self.level = level
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ..lifting.dataset import encoder_level_features
 
         return encoder_level_features(self.encoder, self.model.preprocess(x, tuple(x.shape[-2:])), self.level)
 
@@ -160,8 +162,6 @@ class Stage1Trainer(Trainer):
     def _load_init(self):
         """The matcher of ``train.init_weights`` with the ``model`` overrides (same architecture)."""
         from omegaconf import OmegaConf
-
-        from ..weights import load_matcher
 
         overrides = OmegaConf.to_container(self.conf.model, resolve=True) if self.conf.model else {}
         if "arch" in overrides:
@@ -197,10 +197,6 @@ class Stage1Trainer(Trainer):
         *initial* encoder: the targets do not move while the encoder trains."""
         from omegaconf import OmegaConf
 
-        from ..lifting import FitConfig, lift_photos
-        from ..synthesis import PRESETS
-        from ..synthesis.dataset import RunSettings, SourceLoader, _read_jsonl, source_listing
-
         d = self.conf.data
         fields = self.out / "fields"
         h, w = (int(v) for v in d.size)
@@ -209,13 +205,13 @@ class Stage1Trainer(Trainer):
                                holdout_every=int(d.holdout_every))  # fmt: skip
         names = source_listing(settings)
         have = {int(p.stem) for p in (fields / "scenes").glob("[0-9]*[0-9].npz")}
-        failed = {rec["index"] for rec in _read_jsonl(fields / "failures.jsonl")}  # [] when absent
+        failed = {rec["index"] for rec in read_jsonl(fields / "failures.jsonl")}  # [] when absent
         todo = [i for i in range(len(names)) if i not in have and i not in failed and i % self.world == self.rank]
         if todo:
             # lift with the initial encoder (a copy: a resumed run's model holds trained weights)
             teacher = self._load_init() if self._resumed else copy.deepcopy(self.model)
             teacher = teacher.to(device).eval()
-            synth_conf = PRESETS[str(d.preset)]
+            synth_conf = SYNTH_PRESETS[str(d.preset)]
             loader = SourceLoader(settings, synth_conf)
             fit_conf = FitConfig.from_dict(OmegaConf.to_container(self.conf.fit, resolve=True))
             s = lift_photos(teacher, names, loader, fields, views=int(d.views), synth_conf=synth_conf,
@@ -234,7 +230,6 @@ class Stage1Trainer(Trainer):
     _resumed = False
 
     def _make_dataset(self, seed: int):
-        from ..lifting import LiftedViews
 
         return LiftedViews(self.out / "fields", hflip=float(self.conf.data.hflip), seed=seed)
 

@@ -46,8 +46,20 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..config import MatcherConfig
-from .losses import LossConfig, RobustLoss
+from l2m_plugin.config import MatcherConfig
+from l2m_plugin.files import atomic_path, atomic_text, config_diff
+from l2m_plugin.hardware import cpu_bf16_support
+from l2m_plugin.models.matcher import L2M, load_matcher
+from l2m_plugin.synthesis.homography import HomographyConfig
+from l2m_plugin.training.data import (
+    ConcatPairs,
+    HomographyPairs,
+    MegaDepthPairs,
+    StepSampler,
+    SynthPairs,
+)
+from l2m_plugin.training.losses import LossConfig, RobustLoss
+from l2m_plugin.weights import encoder_state_dict, map_dinov2_keys, save_checkpoint
 
 __all__ = ["TrainConfigError", "DEFAULT_CONF", "load_conf", "build_model", "build_dataset", "Trainer", "train_stage2"]
 
@@ -184,23 +196,6 @@ def merge_conf(defaults: dict, path=None, overrides: list[str] | None = None, *,
     return conf
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _config_diff(a: dict, b: dict) -> list[str]:
-    fa, fb = _flat(a), _flat(b)
-    keys = sorted((set(fa) | set(fb)) - RUN_CONTROL_KEYS)
-    return [f"{k}: {fa.get(k, '<unset>')!r} -> {fb.get(k, '<unset>')!r}" for k in keys if fa.get(k) != fb.get(k)]
-
-
 def imagenet_vgg19_bn_state_dict(progress: bool = True) -> dict[str, torch.Tensor]:
     """torchvision's ImageNet VGG19-BN weights (``IMAGENET1K_V1``, downloaded to the torch hub
     cache) as ``encoder.cnn.layers.<i>.*`` keys: RoMa's VGG is ``vgg19_bn().features[:40]``."""
@@ -228,9 +223,6 @@ def build_model(conf) -> nn.Module:
     """
     from omegaconf import OmegaConf
 
-    from ..models.matcher import L2M
-    from ..weights import _encoder_sd, load_matcher, map_dinov2_keys
-
     cfg = MatcherConfig.from_dict(OmegaConf.to_container(conf.model, resolve=True))
     arch = cfg.arch_config
     t = conf.train
@@ -243,7 +235,7 @@ def build_model(conf) -> nn.Module:
     if t.encoder_weights:
         if arch.coarse != "dinov2":
             raise TrainConfigError("train.encoder_weights are DINOv2 weights: only for model.arch with coarse='dinov2'")
-        sd, _ = _encoder_sd(t.encoder_weights, progress=True)
+        sd, _ = encoder_state_dict(t.encoder_weights, progress=True)
         missing, unexpected = model.load_state_dict(map_dinov2_keys(sd), strict=False)
         if unexpected or any(k.startswith("encoder.dinov2.") for k in missing):
             raise TrainConfigError(f"train.encoder_weights={t.encoder_weights!r} do not fit the {cfg.encoder} ViT")
@@ -266,7 +258,6 @@ def build_dataset(conf, seed: int):
     """The training data set of ``conf.data`` (:class:`SynthPairs` or :class:`MegaDepthPairs`),
     with :class:`HomographyPairs` mixed in when ``data.homography.images`` is set: they make
     up ``data.homography.share`` of the items (:class:`ConcatPairs`)."""
-    from .data import ConcatPairs, HomographyPairs, MegaDepthPairs, SynthPairs
 
     d = conf.data
     size = tuple(d.size) if not isinstance(d.size, int) else (d.size, d.size)
@@ -281,7 +272,6 @@ def build_dataset(conf, seed: int):
         share = float(hom.share)
         if not share < 1:
             raise TrainConfigError(f"data.homography.share must be in [0, 1), got {share}")
-        from ..synthesis.homography import HomographyConfig
 
         hconf = HomographyConfig(scale=tuple(hom.scale), rotation_deg=float(hom.rotation_deg), perspective=float(hom.perspective))
         n = max(1, round(len(base) * share / (1 - share)))
@@ -351,10 +341,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class Trainer:
@@ -409,7 +397,6 @@ class Trainer:
             return (torch.bfloat16, False) if amp == "bf16" else (torch.float16, True)
         if amp == "fp16":
             raise TrainConfigError("train.amp=fp16 needs CUDA; use bf16 or none on CPU")
-        from ..hardware import cpu_bf16_support
 
         if amp == "auto" and cpu_bf16_support() not in ("amx", "avx512_bf16"):
             return None, False
@@ -423,7 +410,7 @@ class Trainer:
         saved = self.out / "config.yaml"
         if saved.is_file() and not self.overwrite:
             old = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
-            diff = _config_diff(old, self.resolved)
+            diff = config_diff(old, self.resolved, ignore=RUN_CONTROL_KEYS)
             if diff:
                 raise TrainConfigError(
                     f"{self.out} holds a run of another configuration ({'; '.join(diff)}). "
@@ -438,9 +425,7 @@ class Trainer:
             for name in ("log.csv", "model.pth", "config.yaml"):
                 (self.out / name).unlink(missing_ok=True)
         self.out.mkdir(parents=True, exist_ok=True)
-        tmp = saved.with_name("config.yaml.partial")
-        tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(self.resolved)))
-        os.replace(tmp, saved)
+        atomic_text(saved, OmegaConf.to_yaml(OmegaConf.create(self.resolved)))
 
     def _checkpoints(self) -> list[Path]:
         return sorted((self.out / "checkpoints").glob("step_*.pt"))
@@ -481,7 +466,6 @@ class Trainer:
     def export(self, path: Path | None = None, step: int | None = None) -> Path:
         """Write the model for inference (config + weights, ``l2m_plugin`` format; loads with
         :meth:`L2M.from_pretrained`). Rank 0 writes; returns the path."""
-        from ..weights import save_checkpoint
 
         path = path or self.out / "model.pth"
         if self.rank == 0:
@@ -584,8 +568,6 @@ class Trainer:
     # ------------------------------------------------------------ run
     def run(self) -> Path:
         from tqdm import tqdm
-
-        from .data import StepSampler
 
         t = self.conf.train
         if t.threads:

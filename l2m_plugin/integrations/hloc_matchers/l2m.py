@@ -24,6 +24,7 @@ import torch
 from hloc.utils.base_model import BaseModel
 
 from l2m_plugin.coords import pixel_to_hloc
+from l2m_plugin.matching.build import build_matcher
 
 _OVERRIDES = ("coarse_res", "upsample_res", "dtype", "sample_thresh")
 
@@ -52,7 +53,7 @@ class L2MDense(BaseModel):
         matcher: an already-built dense matcher (``L2M``, or an object with
             ``forward({"image0", "image1"})``, ``sample(out, num, generator=)`` and
             ``device``) used instead of loading ``weights``; e.g. random weights in
-            tests or :class:`l2m_plugin.oracle.OracleMatcher`.
+            tests or :class:`l2m_plugin.matching.oracle.OracleMatcher`.
     Raises:
         ValueError: preset, config or overrides given together with ``matcher``; unknown
             preset; both preset and config.
@@ -76,22 +77,10 @@ class L2MDense(BaseModel):
 
     def _init(self, conf):
         overrides = {k: conf[k] for k in _OVERRIDES if conf.get(k) is not None}
-        if conf["matcher"] is not None:
-            given = sorted(overrides) + [k for k in ("preset", "config") if conf.get(k) is not None]
-            if given:
-                raise ValueError(
-                    f"config overrides {given} cannot be applied to a matcher "
-                    "passed as conf['matcher']; build it with the wanted config instead"
-                )
-            self.net = conf["matcher"]
-            return
-        from l2m_plugin.config import resolve_config
-        from l2m_plugin.weights import load_matcher
-
-        config = resolve_config(conf["preset"], conf.get("config"))
-        self.net = load_matcher(
-            conf["weights"], config=config, encoder_weights=conf["encoder_weights"], **overrides
-        )
+        self.net = build_matcher(
+            conf["weights"], matcher=conf["matcher"], preset=conf["preset"], config=conf.get("config"),
+            encoder_weights=conf["encoder_weights"], matcher_arg="conf['matcher']", **overrides,
+        )  # fmt: skip
 
     def _forward(self, data: dict) -> dict:
         """Match one pair: hloc tensors in, hloc-convention keypoints out.

@@ -6,7 +6,7 @@ an arc. Each :class:`View` carries its RGB image, z-depth at every pixel centre,
 intrinsics and the world-to-camera pose, in the conventions of
 :mod:`l2m_plugin.geometry` (COLMAP pixels: centres at i + 0.5).
 
-Used by the oracle matcher (:mod:`l2m_plugin.oracle`) to prove that every adapter
+Used by the oracle matcher (:mod:`l2m_plugin.matching.oracle`) to prove that every adapter
 (hloc, kornia, ``l2m reconstruct``) maps coordinates correctly: the oracle's matches
 are exact, so any convention error shows up as epipolar error or pose error.
 """
@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from l2m_plugin.coords import pixel_arange
+from l2m_plugin.geometry import fundamental_from_pose, to_hloc_intrinsics
 
 __all__ = ["View", "SyntheticScene", "make_scene"]
 
@@ -85,7 +88,6 @@ class SyntheticScene:
             convention: ``"colmap"`` (pixel centres at i + 0.5) or ``"hloc"`` (centres on
                 integer coordinates: hloc, OpenCV, kornia).
         """
-        from .geometry import fundamental_from_pose, to_hloc_intrinsics
 
         if convention not in ("colmap", "hloc"):
             raise ValueError(f"convention must be 'colmap' or 'hloc', got {convention!r}")
@@ -189,15 +191,15 @@ def _render(quads, textures, K, T_w2c, size, supersample: int = 2):
         return colour, best_t
 
     s = supersample
-    offs = (torch.arange(s, dtype=torch.float64) + 0.5) / s
+    offs = pixel_arange(s) / s
     xs = (torch.arange(w, dtype=torch.float64)[:, None] + offs[None]).reshape(-1)
     ys = (torch.arange(h, dtype=torch.float64)[:, None] + offs[None]).reshape(-1)
     vv, uu = torch.meshgrid(ys, xs, indexing="ij")
     colour, _ = cast(uu, vv)
     colour = colour.reshape(h, s, w, s, 3).mean(dim=(1, 3))
     vc, uc = torch.meshgrid(
-        torch.arange(h, dtype=torch.float64) + 0.5,
-        torch.arange(w, dtype=torch.float64) + 0.5,
+        pixel_arange(h),
+        pixel_arange(w),
         indexing="ij",
     )
     _, depth = cast(uc, vc)

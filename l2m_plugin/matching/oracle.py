@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .geometry import warp_from_depth
-from .sampling import sample_matches
+from l2m_plugin.geometry import warp_from_depth
+from l2m_plugin.sampling import sample_matches
 
 __all__ = ["OracleMatcher"]
 
@@ -39,7 +39,7 @@ class OracleMatcher(nn.Module):
     Args:
         views: objects with ``image`` (H, W, 3) uint8, ``depth`` (H, W) z-depth,
             ``K`` (3, 3) COLMAP-convention intrinsics and ``T_w2c`` (4, 4), e.g.
-            :class:`l2m_plugin.synthetic.View` (or any data set with depth and poses).
+            :class:`l2m_plugin.testing.scenes.View` (or any data set with depth and poses).
         output_res: (H, W) of the warp grid; default: each view's own resolution
             (exact depth). At another resolution, depth is taken from the nearest
             pixel: matches stay exactly on epipolar lines, positions along them move

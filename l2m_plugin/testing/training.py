@@ -2,7 +2,7 @@
 stage-2 generator's format (:class:`~l2m_plugin.training.data.SynthPairs`) and in the
 MegaDepth training layout (:class:`~l2m_plugin.training.data.MegaDepthPairs`).
 
-Views come from :func:`l2m_plugin.synthetic.make_scene` (exact ray casting, z-depth and
+Views come from :func:`l2m_plugin.testing.scenes.make_scene` (exact ray casting, z-depth and
 poses in the project's conventions); warps from :func:`l2m_plugin.geometry.warp_from_depth`
 with the other view's depth as the occlusion test, so the ground truth is exact.
 """
@@ -16,19 +16,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import SYNTH_FORMAT, SYNTH_VERSION
+from l2m_plugin.geometry import warp_from_depth
+from l2m_plugin.testing.scenes import make_scene
+from l2m_plugin.training.data import SYNTH_FORMAT, SYNTH_VERSION
 
 __all__ = ["write_synth_fixture", "write_megadepth_train_fixture"]
 
 
 def _views(num_views: int, size: tuple[int, int], seed: int):
-    from ..synthetic import make_scene
 
     return make_scene(num_views=num_views, size=size, seed=seed).views
 
 
 def _warps(v0, v1):
-    from ..geometry import warp_from_depth
 
     T = torch.from_numpy(v1.T_w2c @ np.linalg.inv(v0.T_w2c))
     d0, d1 = torch.from_numpy(v0.depth).double(), torch.from_numpy(v1.depth).double()
@@ -41,7 +41,7 @@ def _warps(v0, v1):
 def write_synth_fixture(root, num_pairs: int = 3, size: tuple[int, int] = (96, 64), seed: int = 0) -> Path:
     """Write ``num_pairs`` exact synthetic pairs in the ``l2m-synth`` version-1 format under ``root``.
 
-    Pairs are consecutive views of one :func:`~l2m_plugin.synthetic.make_scene` scene
+    Pairs are consecutive views of one :func:`~l2m_plugin.testing.scenes.make_scene` scene
     (about 10 degrees apart); invalid warp entries are set to 2.0, as the generator does.
 
     Args:
@@ -71,11 +71,11 @@ def write_synth_fixture(root, num_pairs: int = 3, size: tuple[int, int] = (96, 6
             d / "geometry.npz", K0=v0.K, K1=v1.K, T_0to1=T, depth0=v0.depth, depth1=v1.depth,
             valid0=m0, valid1=m1, warp0=w0, warp1=w1,
         )  # fmt: skip
-        lines.append(json.dumps({"id": pid, "source": "l2m_plugin.synthetic.make_scene", "size": list(size),
+        lines.append(json.dumps({"id": pid, "source": "l2m_plugin.testing.scenes.make_scene", "size": list(size),
                                  "depth_source": "ray-cast"}))  # fmt: skip
     (root / "synth_conf.yaml").write_text(
         f"format: {SYNTH_FORMAT}\nversion: {SYNTH_VERSION}\n"
-        f"generator: l2m_plugin.training.fixtures.write_synth_fixture\nseed: {seed}\n"
+        f"generator: l2m_plugin.testing.training.write_synth_fixture\nseed: {seed}\n"
     )
     (root / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     return root

@@ -1,4 +1,5 @@
-"""Reading and writing the sparse matches of one image pair (``matches.h5``).
+"""The correspondences of one image pair that ``l2m match`` writes (``correspondences.h5``;
+``matches.h5`` before 2026-12-05: same layout, still read by :func:`read_correspondences`).
 
 Layout (HDF5, written atomically: a temporary file is renamed into place):
 
@@ -30,12 +31,17 @@ from typing import Any
 import h5py
 import numpy as np
 
-__all__ = ["PIXEL_CONVENTION", "write_matches", "read_matches"]
+from l2m_plugin.files import atomic_path
+
+__all__ = ["FILE_NAME", "PIXEL_CONVENTION", "write_correspondences", "read_correspondences"]
+
+#: the file name ``l2m match`` writes
+FILE_NAME = "correspondences.h5"
 
 PIXEL_CONVENTION = "COLMAP: top-left image corner at (0, 0), pixel centres at (i + 0.5, j + 0.5)"
 
 
-def write_matches(path: str | os.PathLike, matches: dict[str, Any], attrs: dict[str, Any]) -> Path:
+def write_correspondences(path: str | os.PathLike, matches: dict[str, Any], attrs: dict[str, Any]) -> Path:
     """Write ``keypoints0``, ``keypoints1``, ``certainty``, ``image_size0/1`` and attributes.
 
     Args:
@@ -54,9 +60,7 @@ def write_matches(path: str | os.PathLike, matches: dict[str, Any], attrs: dict[
             "matches need keypoints0 (N,2), keypoints1 (N,2), certainty (N,); got "
             f"{arrays['keypoints0'].shape}, {arrays['keypoints1'].shape}, {arrays['certainty'].shape}"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for k in ("keypoints0", "keypoints1", "certainty"):
             f.create_dataset(k, data=arrays[k].astype(np.float32))
         for k in ("image_size0", "image_size1"):
@@ -64,12 +68,11 @@ def write_matches(path: str | os.PathLike, matches: dict[str, Any], attrs: dict[
         f.attrs["pixel_convention"] = PIXEL_CONVENTION
         for k, v in attrs.items():
             f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) else v
-    os.replace(tmp, path)
     return path
 
 
-def read_matches(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a file written by :func:`write_matches`: arrays plus ``attrs`` (config parsed from JSON)."""
+def read_correspondences(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a file written by :func:`write_correspondences`: arrays plus ``attrs`` (config parsed from JSON)."""
     with h5py.File(path, "r") as f:
         out: dict[str, Any] = {k: f[k][()] for k in f.keys()}
         attrs = dict(f.attrs)

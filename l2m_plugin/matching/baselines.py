@@ -1,8 +1,8 @@
 """Pair matchers for the benchmarks, all with one interface (see :mod:`l2m_plugin.eval.base`).
 
-- ``l2m``: :class:`l2m_plugin.sfm.matching.DensePairMatcher` (any L2M weights; each
+- ``l2m``: :class:`l2m_plugin.matching.dense.DensePairMatcher` (any L2M weights; each
   image encoded once);
-- ``sift``: :class:`l2m_plugin.sfm.matching.SiftPairMatcher` (OpenCV SIFT, ratio test,
+- ``sift``: :class:`l2m_plugin.matching.dense.SiftPairMatcher` (OpenCV SIFT, ratio test,
   mutual check);
 - ``oracle``: :class:`GroundTruthPairMatcher`, matches sampled from the ground-truth
   warp (depth + poses, or the homography) or from a benchmark's exact sparse
@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import LoadedImage, load_image
-from ..sampling import sample_matches
-from ..sfm.matching import pair_seed
+from l2m_plugin.coords import hloc_to_pixel
+from l2m_plugin.io import LoadedImage, load_image
+from l2m_plugin.matching.dense import pair_seed
+from l2m_plugin.sampling import sample_matches
 
 __all__ = ["GroundTruthPairMatcher", "KorniaPairMatcher", "RandomPairMatcher"]
 
@@ -60,7 +61,7 @@ class GroundTruthPairMatcher(_ImageCache):
         num_matches: matches per pair, drawn uniformly among the pixels where the
             ground truth is valid (both directions), or among the sparse
             correspondences without replacement (all of them when there are fewer).
-        seed: sampling seed (per pair: :func:`l2m_plugin.sfm.matching.pair_seed`).
+        seed: sampling seed (per pair: :func:`l2m_plugin.matching.dense.pair_seed`).
     Raises:
         ValueError: the benchmark has no ground truth (ZEB).
     """
@@ -115,7 +116,7 @@ class RandomPairMatcher(_ImageCache):
     Args:
         image_root: the benchmark's image folder (read for the image sizes only).
         num_matches: matches per pair.
-        seed: per pair :func:`l2m_plugin.sfm.matching.pair_seed`.
+        seed: per pair :func:`l2m_plugin.matching.dense.pair_seed`.
     Returns (``__call__``): (N, 2) float32 COLMAP pixels uniform in [0, W] x [0, H] of
     each image, scores uniform in [0, 1).
     """
@@ -212,9 +213,9 @@ class KorniaPairMatcher(_ImageCache):
             (x0, s0), (x1, s1) = self._tensor(name0, False), self._tensor(name1, False)
             f0, f1 = self.model(torch.cat((x0, x1)), n=self.max_keypoints, pad_if_not_divisible=True)
             dist, idx = KF.match_mnn(f0.descriptors, f1.descriptors)
-            # DISK keypoints are pixel indices (centres on integers): +0.5 for COLMAP's convention.
-            k0 = f0.keypoints[idx[:, 0]] + 0.5
-            k1 = f1.keypoints[idx[:, 1]] + 0.5
+            # DISK keypoints are pixel indices (centres on integers), to COLMAP's convention
+            k0 = hloc_to_pixel(f0.keypoints[idx[:, 0]])
+            k1 = hloc_to_pixel(f1.keypoints[idx[:, 1]])
             c = 1.0 - dist[:, 0]
         k0 = (k0.cpu().double() * torch.tensor(s0, dtype=torch.float64)).numpy().astype(np.float32)
         k1 = (k1.cpu().double() * torch.tensor(s1, dtype=torch.float64)).numpy().astype(np.float32)

@@ -1,6 +1,6 @@
 """Tiny data sets in the official benchmark layouts, for tests, CI and trying a harness.
 
-Each writer renders a textured scene (:mod:`l2m_plugin.synthetic`'s ray caster)
+Each writer renders a textured scene (:mod:`l2m_plugin.testing.scenes`'s ray caster)
 *from the listed cameras*: the pair lists, intrinsics and poses are the real ones
 (for MegaDepth-1500 and ScanNet-1500, read from the official files), the images,
 depth maps and homographies are synthetic but exactly consistent with them, so an
@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..synthetic import _box, _render, _texture
-from .megadepth import SCENES, read_scene_info
+from l2m_plugin.coords import hloc_to_pixel
+from l2m_plugin.eval.megadepth import SCENES, read_scene_info
+from l2m_plugin.eval.zeb import ZEB_SUBSETS
+from l2m_plugin.testing.scenes import _box, _render, _texture
 
 __all__ = [
     "render_pair",
@@ -170,7 +172,7 @@ def _scannet_cameras(index_dir: str | Path):
         scene, sub, f0, f1 = (int(v) for v in names[idx])
         sname = f"scene{scene:04d}_{sub:02d}"
         K = np.asarray(intr[sname], np.float64).copy()
-        K[:2, 2] += 0.5
+        K[:2, 2] = hloc_to_pixel(K[:2, 2])
         T = np.eye(4)
         T[:3] = rel[idx].reshape(3, 4)
         return sname, f0, f1, K, T
@@ -215,7 +217,6 @@ def write_zeb_fixture(root: str | Path, scannet_index_dir: str | Path, subsets=(
     line each: name0 name1 covisible0 covisible1 K0 (9) K1 (9) T_0to1 (16)) and the images
     ``root/<subset>/<scene><sep><name>.png`` named by :mod:`l2m_plugin.eval.zeb`'s rules.
     Cameras come from the ScanNet-1500 list (640 x 480; K shifted to COLMAP's convention)."""
-    from .zeb import ZEB_SUBSETS
 
     root = Path(root)
     camera = _scannet_cameras(scannet_index_dir)[0]

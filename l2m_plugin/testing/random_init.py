@@ -16,7 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .config import MatcherConfig
+from l2m_plugin.config import MatcherConfig
+from l2m_plugin.io import load_image, resize_to_tensor
+from l2m_plugin.models.matcher import L2M, load_matcher
 
 __all__ = ["calibrate_batchnorm", "random_matcher"]
 
@@ -63,9 +65,6 @@ def random_matcher(
     Returns:
         The model in eval mode; ``weights_name`` says it is random.
     """
-    from .io import load_image, resize_to_tensor
-    from .models.matcher import L2M
-    from .weights import load_matcher
 
     config = config or MatcherConfig()
     torch.manual_seed(seed)

@@ -1,26 +1,5 @@
-"""The on-disk format "l2m-synth" (version 1): writer, reader and the resumable run.
-
-Layout (the training loader depends on it; do not change without bumping ``version``)::
-
-    OUT/
-      synth_conf.yaml        resolved configuration: format, version, run, synth
-      pairs.jsonl            one line per finished pair:
-                             {"id", "source" (image path relative to --images),
-                              "size": [W, H], "depth_source"}
-      failures.jsonl         one line per skipped image or pair: {"source", "index",
-                             "id" (null for a whole image), "error"}; failed images are
-                             retried by every rerun (one line per attempt)
-      pairs/<id>/image0.png  uint8 RGB H x W: the photo after resizing/cropping and its
-                             own appearance change
-      pairs/<id>/image1.png  uint8 RGB H x W: the rendered novel view, holes filled
-      pairs/<id>/geometry.npz  np.savez_compressed: K0, K1 (3, 3) float64; T_0to1 (4, 4)
-                             float64; depth0, depth1 (H, W) float32 (0 = no surface);
-                             valid0, valid1 (H, W) bool; warp0, warp1 (H, W, 2) float32
-                             normalised coordinates in the other image, 2.0 where invalid
-      samples.png            a few pairs with ground-truth correspondences
-
-Conventions are those of :mod:`l2m_plugin.geometry` (COLMAP pixel centres at i + 0.5,
-``T_0to1`` camera 0 -> camera 1, z-depth, ``align_corners=False`` normalised warps).
+"""``l2m synth``: the resumable run that fills an "l2m-synth" folder (format:
+:mod:`l2m_plugin.formats.synth_pairs`) with novel-view pairs of single photos.
 
 Pair ids are ``<image index:06d>_<k:02d>``, the image index being the position of the
 image in the sorted recursive listing of ``--images``. Each pair's random stream is
@@ -32,7 +11,6 @@ output folder at a time.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -42,17 +20,40 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .config import SynthConfig, config_to_dict
-from .errors import BackendUnavailableError, ConfigMismatchError, DepthFileError, SynthesisError
-from .pair import SynthPair
+from l2m_plugin.coords import index_to_pixel, normalized_to_pixel
+from l2m_plugin.files import append_jsonl, config_diff, repair_jsonl
+from l2m_plugin.formats.synth_pairs import (
+    CONF_NAME,
+    FAIL_NAME,
+    FORMAT,
+    PAIRS_NAME,
+    VERSION,
+    list_pairs,
+    read_pair,
+    write_pair,
+)
+from l2m_plugin.io import ImageLoadError, list_images, load_image, write_png
+from l2m_plugin.synthesis.appearance import DiffusersInpainter
+from l2m_plugin.synthesis.config import SynthConfig, config_to_dict
+from l2m_plugin.synthesis.depth import (
+    TransformersDepth,
+    depth_file_for,
+    disparity_to_depth,
+    load_depth_file,
+    normalize_depth,
+    resize_depth,
+    synthetic_depth,
+)
+from l2m_plugin.synthesis.errors import (
+    BackendUnavailableError,
+    ConfigMismatchError,
+    DepthFileError,
+    SynthesisError,
+)
+from l2m_plugin.synthesis.pair import synthesize_pair
+from l2m_plugin.viz import draw_matches
 
 __all__ = [
-    "FORMAT",
-    "VERSION",
-    "GEOMETRY_KEYS",
-    "write_pair",
-    "read_pair",
-    "list_pairs",
     "parse_size",
     "prepare_image",
     "load_segmenter",
@@ -64,130 +65,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "l2m-synth"
-VERSION = 1
-GEOMETRY_KEYS = ("K0", "K1", "T_0to1", "depth0", "depth1", "valid0", "valid1", "warp0", "warp1")
 #: smallest accepted short side of a source image, in pixels
 MIN_SOURCE_SIDE = 32
-_CONF_NAME, _PAIRS_NAME, _FAIL_NAME = "synth_conf.yaml", "pairs.jsonl", "failures.jsonl"
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
-        raise OSError(f"could not write {path}")
-
-
-def write_pair(root: str | os.PathLike, pair_id: str, pair: SynthPair) -> Path:
-    """Write one pair's files atomically to ``root/pairs/<pair_id>/``.
-
-    Files go to ``pairs/<pair_id>.tmp-<pid>/`` first, which is then renamed into place
-    (an existing ``pairs/<pair_id>/`` from an unfinished run is replaced). Does not touch
-    ``pairs.jsonl``.
-
-    Returns:
-        the pair's folder.
-    """
-    pairs = Path(root) / "pairs"
-    pairs.mkdir(parents=True, exist_ok=True)
-    final = pairs / pair_id
-    tmp = pairs / f"{pair_id}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    _write_png(tmp / "image0.png", pair.image0)
-    _write_png(tmp / "image1.png", pair.image1)
-    np.savez_compressed(tmp / "geometry.npz", **pair.geometry())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
-
-
-def read_pair(root: str | os.PathLike, pair_id: str) -> dict[str, np.ndarray]:
-    """Read one pair of an "l2m-synth" folder.
-
-    Args:
-        root: the output folder of ``l2m synth``.
-        pair_id: an id from :func:`list_pairs`.
-    Returns:
-        dict of numpy arrays: ``image0``, ``image1`` (H, W, 3) uint8 RGB and the
-        :data:`GEOMETRY_KEYS` of ``geometry.npz`` with their stored dtypes.
-    Raises:
-        FileNotFoundError: the pair's folder or one of its files is missing.
-        ValueError: a file is unreadable or ``geometry.npz`` lacks a key.
-    """
-    d = Path(root) / "pairs" / pair_id
-    if not d.is_dir():
-        raise FileNotFoundError(f"pair {pair_id!r} not found: {d} does not exist")
-    out = {}
-    for name in ("image0", "image1"):
-        p = d / f"{name}.png"
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} is missing")
-        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"{p} is not a readable PNG")
-        out[name] = np.ascontiguousarray(bgr[..., ::-1])
-    g = d / "geometry.npz"
-    if not g.is_file():
-        raise FileNotFoundError(f"{g} is missing")
-    with np.load(g, allow_pickle=False) as z:
-        missing = [k for k in GEOMETRY_KEYS if k not in z.files]
-        if missing:
-            raise ValueError(f"{g} lacks {missing}; is it an l2m-synth version {VERSION} pair?")
-        out.update({k: z[k] for k in GEOMETRY_KEYS})
-    return out
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    records = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:  # a line cut by a crash: the pair is not finished
-                logger.warning("%s: ignoring an unfinished last line", path)
-                continue
-            raise ValueError(f"{path} line {i + 1} is not valid JSON: {line[:80]!r}") from None
-    return records
-
-
-def list_pairs(root: str | os.PathLike) -> list[dict]:
-    """Finished pairs of an "l2m-synth" folder, in the order they were written.
-
-    Returns:
-        the records of ``pairs.jsonl``: dicts with ``id``, ``source``, ``size`` [W, H] and
-        ``depth_source``; [] when there is none.
-    Raises:
-        ValueError: a corrupt line other than a truncated last one.
-    """
-    return _read_jsonl(Path(root) / _PAIRS_NAME)
-
-
-def _append_jsonl(path: Path, record: dict) -> None:
-    line = json.dumps(record, sort_keys=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _repair_jsonl(path: Path) -> None:
-    """Drop a partial last line (no trailing newline) left by a crash."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        logger.warning("%s: removing an unfinished last line", path)
-        with open(path, "r+b") as f:
-            f.truncate(cut)
 
 
 # --------------------------------------------------------------------------------------
@@ -252,7 +131,6 @@ def prepare_image(image: np.ndarray, size, depth: np.ndarray | None = None):
                 f"depth map is {dw}x{dh} but the image is {w}x{h}: the aspect ratios differ; "
                 "the depth map must be computed on this image"
             )
-        from .depth import resize_depth
 
         depth = resize_depth(depth, (w, h))
     if kind == "long":
@@ -267,7 +145,6 @@ def prepare_image(image: np.ndarray, size, depth: np.ndarray | None = None):
         x0, y0 = (tw - cw) // 2, (th - ch) // 2
     img = _resize(image, (tw, th))[y0 : y0 + ch, x0 : x0 + cw]
     if depth is not None:
-        from .depth import resize_depth
 
         depth = resize_depth(depth, (tw, th))[y0 : y0 + ch, x0 : x0 + cw]
     return np.ascontiguousarray(img), depth
@@ -310,29 +187,13 @@ def _sky_mask(fn, image: np.ndarray) -> np.ndarray:
 
 
 def list_source_images(root: str | os.PathLike) -> list[str]:
-    """Sorted ``/``-separated paths relative to ``root`` of its images, recursively.
-
-    Extensions (case-insensitive): those of :data:`l2m_plugin.sfm.pairs.IMAGE_EXTENSIONS`;
-    hidden files and folders are skipped.
+    """Sorted ``/``-separated paths relative to ``root`` of its images, recursively
+    (:func:`l2m_plugin.io.list_images`, the one image listing; hidden files skipped).
 
     Raises:
         FileNotFoundError: ``root`` is not a folder or holds no image.
     """
-    from ..sfm.pairs import IMAGE_EXTENSIONS
-
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
-    names = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(s.startswith(".") for s in p.relative_to(root).parts)
-    )
-    if not names:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
-    return names
+    return list_images(root, check_hloc_keys=False)
 
 
 @dataclass(frozen=True)
@@ -425,7 +286,6 @@ class SourceLoader:
     """
 
     def __init__(self, settings: RunSettings, conf: SynthConfig):
-        from .depth import TransformersDepth
 
         self.settings, self.conf = settings, conf
         self.images = Path(settings.images)
@@ -444,7 +304,6 @@ class SourceLoader:
             l2m_plugin.io.ImageLoadError, DepthFileError, ValueError, OSError: unreadable
             inputs (the message names the file).
         """
-        from ..io import load_image
 
         img_full = np.asarray(load_image(self.images / rel).image)
         raw, depth_source = _depth_for(self.settings, self.conf, self.images, rel, img_full, self.estimator)
@@ -470,28 +329,19 @@ def _resolved(settings: RunSettings, conf: SynthConfig) -> dict:
     return {"format": FORMAT, "version": VERSION, "run": run, "synth": config_to_dict(conf)}
 
 
-def _diff(a, b, prefix=""):
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            out += _diff(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [f"{prefix[:-1]}: {a!r} (saved) != {b!r} (now)"]
-
-
 def _check_conf(out: Path, resolved: dict, overwrite: bool) -> None:
     from omegaconf import OmegaConf
 
-    path = out / _CONF_NAME
+    path = out / CONF_NAME
     if overwrite:
-        for name in (_CONF_NAME, _PAIRS_NAME, _FAIL_NAME, "samples.png"):
+        for name in (CONF_NAME, PAIRS_NAME, FAIL_NAME, "samples.png"):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "pairs", ignore_errors=True)
         return
     if not path.is_file():
-        if (out / _PAIRS_NAME).is_file():
+        if (out / PAIRS_NAME).is_file():
             raise ConfigMismatchError(
-                f"{out} has {_PAIRS_NAME} but no {_CONF_NAME}: cannot tell how its pairs were "
+                f"{out} has {PAIRS_NAME} but no {CONF_NAME}: cannot tell how its pairs were "
                 "made; use another --out or --overwrite"
             )
         return
@@ -502,10 +352,7 @@ def _check_conf(out: Path, resolved: dict, overwrite: bool) -> None:
             f"(format {saved.get('format')!r}, version {saved.get('version')!r}); "
             "use another --out or --overwrite"
         )
-    a, b = dict(saved), dict(resolved)
-    a["run"] = {k: v for k, v in (a.get("run") or {}).items() if k not in _FREE_RUN_KEYS}
-    b["run"] = {k: v for k, v in b["run"].items() if k not in _FREE_RUN_KEYS}
-    diffs = _diff(a, b)
+    diffs = config_diff(saved, resolved, ignore={f"run.{k}" for k in _FREE_RUN_KEYS})
     if diffs:
         shown = "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
         raise ConfigMismatchError(
@@ -518,7 +365,6 @@ def _check_conf(out: Path, resolved: dict, overwrite: bool) -> None:
 def _depth_for(settings, conf, names_root, rel, img_full, estimator):
     """Per-image depth (None for synthetic) in scene units at the source resolution, and
     its source string for pairs.jsonl."""
-    from .depth import depth_file_for, load_depth_file
 
     if settings.depth == "synthetic":
         return None, "synthetic"
@@ -530,7 +376,6 @@ def _depth_for(settings, conf, names_root, rel, img_full, estimator):
 
 
 def _to_scene_depth(raw: np.ndarray, conf: SynthConfig, kind: str) -> np.ndarray:
-    from .depth import disparity_to_depth, normalize_depth
 
     dc = conf.depth
     if kind == "disparity":
@@ -550,9 +395,6 @@ def write_samples(root: str | os.PathLike, num: int = 3, matches: int = 150) -> 
     import torch
     from PIL import Image
 
-    from ..coords import normalized_to_pixel
-    from ..viz import draw_matches
-
     root = Path(root)
     records = list_pairs(root)[:num]
     rows = []
@@ -561,7 +403,7 @@ def write_samples(root: str | os.PathLike, num: int = 3, matches: int = 150) -> 
         iy, ix = np.nonzero(p["valid0"])
         rng = np.random.default_rng(i)
         sel = rng.permutation(len(iy))[:matches]
-        k0 = np.stack((ix[sel] + 0.5, iy[sel] + 0.5), 1)
+        k0 = np.stack((index_to_pixel(ix[sel]), index_to_pixel(iy[sel])), 1)
         h, w = p["valid0"].shape
         k1 = normalized_to_pixel(torch.from_numpy(p["warp0"][iy[sel], ix[sel]]).double(), w, h)
         title = (f"{rec['id']} {rec['source']} ({rec['depth_source']}): {len(iy)} valid pixels "
@@ -577,11 +419,7 @@ def write_samples(root: str | os.PathLike, num: int = 3, matches: int = 150) -> 
     for r in rows:
         canvas.paste(r, (0, y))
         y += r.height
-    path = root / "samples.png"
-    tmp = root / "samples.png.partial.png"
-    canvas.save(tmp)
-    os.replace(tmp, path)
-    return path
+    return write_png(root / "samples.png", canvas)
 
 
 def run_synthesis(
@@ -616,11 +454,6 @@ def run_synthesis(
 
     from tqdm import tqdm
 
-    from ..io import ImageLoadError
-    from .appearance import DiffusersInpainter
-    from .depth import synthetic_depth
-    from .pair import synthesize_pair
-
     conf = conf if conf is not None else SynthConfig()
     images = Path(settings.images)
     names = source_listing(settings)
@@ -633,20 +466,20 @@ def run_synthesis(
         DiffusersInpainter.get(conf.inpaint.model, conf.inpaint.device)
     from omegaconf import OmegaConf
 
-    OmegaConf.save(OmegaConf.create(resolved), out / _CONF_NAME)
+    OmegaConf.save(OmegaConf.create(resolved), out / CONF_NAME)
     pairs_dir = out / "pairs"
     pairs_dir.mkdir(exist_ok=True)
     for stale in pairs_dir.glob("*.tmp-*"):
         logger.info("removing unfinished pair folder %s", stale)
         shutil.rmtree(stale, ignore_errors=True)
-    _repair_jsonl(out / _PAIRS_NAME)
+    repair_jsonl(out / PAIRS_NAME)
     done = {}
     for rec in list_pairs(out):
         done[rec["id"]] = rec
         idx = int(rec["id"].split("_")[0])
         if idx < len(names) and names[idx] != rec["source"]:
             raise ConfigMismatchError(
-                f"pair {rec['id']} in {out / _PAIRS_NAME} was made from {rec['source']!r}, but "
+                f"pair {rec['id']} in {out / PAIRS_NAME} was made from {rec['source']!r}, but "
                 f"image {idx} of {images} is now {names[idx]!r}: the image folder changed. Use "
                 "another --out or --overwrite"
             )
@@ -657,7 +490,7 @@ def run_synthesis(
     def fail(rel, idx, pair_id, exc):
         rec = {"source": rel, "index": idx, "id": pair_id, "error": f"{type(exc).__name__}: {exc}"}
         logger.warning("skipped %s%s: %s", rel, f" pair {pair_id}" if pair_id else "", rec["error"])
-        _append_jsonl(out / _FAIL_NAME, rec)
+        append_jsonl(out / FAIL_NAME, rec)
         summary["failed"].append(rec)
 
     for idx, rel in enumerate(names):
@@ -690,7 +523,7 @@ def run_synthesis(
                 bar.update(1)
                 continue
             record = {"id": pair_id, "source": rel, "size": [w, h], "depth_source": depth_source}
-            _append_jsonl(out / _PAIRS_NAME, record)
+            append_jsonl(out / PAIRS_NAME, record)
             summary["written"] += 1
             summary["seconds"] += time.perf_counter() - t0
             bar.update(1)

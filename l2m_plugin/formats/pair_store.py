@@ -1,44 +1,54 @@
-"""HDF5 files of the SfM pipeline, in hloc's formats.
+"""The pair-match store ``pair_matches.h5``: raw matches of image pairs, the unit of resume,
+sharding and benchmark caches (``l2m reconstruct``, ``l2m match-pairs``, ``l2m bench``).
 
-Three files, all with hloc's pixel convention (pixel centres on integer
-coordinates, i.e. COLMAP's coordinates minus 0.5, see :mod:`l2m_plugin.coords`):
+Layout: group :func:`~l2m_plugin.formats.hloc.pair_key` ``(name0, name1)`` (hloc's
+``names_to_pair``) with ``keypoints0`` (N, 2) float32, ``keypoints1`` (N, 2) float32 (stored
+in hloc's pixel convention, centres at i), ``scores`` (N,) float32 (raw certainty) and any
+extra per-match datasets; attributes ``name0``, ``name1``, ``size0``, ``size1`` (W, H) and
+``complete``. Root attribute ``matcher``: JSON of the settings of the matcher that filled it.
 
-- ``pair_matches.h5`` (raw per-pair matches, the unit of resume and sharding):
-  group ``pair_key(name0, name1)`` (hloc's ``names_to_pair``) with ``keypoints0``
-  (N, 2) float32, ``keypoints1`` (N, 2) float32, ``scores`` (N,) float32 (raw
-  certainty); root attributes ``matcher`` (JSON of the matcher's settings).
-- ``features.h5`` (hloc's local-feature file): group per image name with
-  ``keypoints`` (M, 2) float32 and ``image_size`` (2,) int (W, H).
-- ``matches.h5`` (hloc's match file): group ``pair_key`` with ``matches0`` (M0,)
-  int32 (index into image 1's keypoints or -1) and ``matching_scores0`` (M0,) float32.
-
-hloc's ``reconstruction.main`` / ``triangulation`` read ``features.h5`` and
-``matches.h5`` as written here.
+The Python side speaks COLMAP pixel coordinates (centres at i + 0.5) like every other part
+of the package: :class:`PairMatchStore` converts on write and read (:mod:`l2m_plugin.coords`).
+Benchmark caches written before this name existed are ``matches.h5``:
+:func:`pair_store_path` finds them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .pairs import pair_key
+from l2m_plugin.coords import hloc_to_pixel, pixel_to_hloc
+from l2m_plugin.files import atomic_path, config_diff
+from l2m_plugin.formats.hloc import pair_key
 
-__all__ = [
-    "PairMatchStore",
-    "write_features",
-    "write_matches",
-    "read_features",
-    "read_matches_h5",
-    "merge_pair_files",
-]
+__all__ = ["STORE_NAME", "PairMatchStore", "merge_pair_files", "pair_store_path"]
 
 log = logging.getLogger(__name__)
+
+#: the store's file name in an output folder
+STORE_NAME = "pair_matches.h5"
+_OLD_BENCH_NAME = "matches.h5"  # benchmark caches before 2026-12-05
+
+
+def pair_store_path(folder: str | Path) -> Path:
+    """``folder/pair_matches.h5``, or an existing ``folder/matches.h5`` pair store of a
+    benchmark cache written under the old name (recognised by its ``matcher`` attribute)."""
+    folder = Path(folder)
+    new, old = folder / STORE_NAME, folder / _OLD_BENCH_NAME
+    if not new.exists() and old.is_file():
+        try:
+            with h5py.File(old, "r") as f:
+                if "matcher" in f.attrs:
+                    return old
+        except OSError:
+            pass
+    return new
 
 
 class PairMatchStore:
@@ -79,8 +89,9 @@ class PairMatchStore:
                 elif matcher is not None and json.loads(stored) != json.loads(
                     json.dumps(self.matcher, sort_keys=True)
                 ):
+                    diff = config_diff(json.loads(stored), json.loads(json.dumps(self.matcher)))
                     raise ValueError(
-                        f"{self.path} holds matches of another matcher setting ({stored}); "
+                        f"{self.path} holds matches of another matcher setting ({'; '.join(diff)}); "
                         "use --overwrite to recompute them, or another output folder"
                     )
                 self._done = self._complete_keys(f)
@@ -108,9 +119,14 @@ class PairMatchStore:
         self, name0: str, name1: str, kpts0: np.ndarray, kpts1: np.ndarray, scores: np.ndarray,
         size0: tuple[int, int], size1: tuple[int, int], extra: Mapping[str, np.ndarray] | None = None,
     ) -> None:  # fmt: skip
-        """Store one pair (keypoints in hloc's pixel convention; sizes (W, H) of the stored
-        images; ``extra``: more per-match datasets, e.g. ``sample_index``); replaces an
-        incomplete earlier write of the pair."""
+        """Store one pair; replaces an incomplete earlier write of the pair.
+
+        Args:
+            kpts0, kpts1: (N, 2) COLMAP pixel coordinates (centres at i + 0.5) of the stored images.
+            scores: (N,) raw certainty.
+            size0, size1: (W, H) of the stored images.
+            extra: more per-match datasets, e.g. ``sample_index``.
+        """
         if self.read_only:
             raise ValueError(f"{self.path} was opened read-only")
         key = pair_key(name0, name1)
@@ -118,8 +134,8 @@ class PairMatchStore:
             if key in f:
                 del f[key]
             g = f.create_group(key)
-            g.create_dataset("keypoints0", data=np.asarray(kpts0, np.float32).reshape(-1, 2))
-            g.create_dataset("keypoints1", data=np.asarray(kpts1, np.float32).reshape(-1, 2))
+            g.create_dataset("keypoints0", data=pixel_to_hloc(np.asarray(kpts0, np.float32).reshape(-1, 2)))
+            g.create_dataset("keypoints1", data=pixel_to_hloc(np.asarray(kpts1, np.float32).reshape(-1, 2)))
             g.create_dataset("scores", data=np.asarray(scores, np.float32).reshape(-1))
             for k, v in (extra or {}).items():
                 g.create_dataset(k, data=np.asarray(v))
@@ -139,27 +155,28 @@ class PairMatchStore:
 
     def read_all(self, name0: str, name1: str) -> dict[str, np.ndarray]:
         """Every dataset of a stored pair in one file access: ``keypoints0``/``keypoints1``
-        in the asked order (swapped if stored reversed), ``scores`` and any ``extra``
+        (COLMAP pixel coordinates) in the asked order (swapped if stored reversed), ``scores`` and any ``extra``
         datasets written with the pair (per match, unaffected by the order)."""
         with h5py.File(self.path, "r") as f:
             key = pair_key(name0, name1)
             swapped = key not in f
             g = f[pair_key(name1, name0) if swapped else key]
             d = {k: g[k][()] for k in g}
+        d["keypoints0"], d["keypoints1"] = hloc_to_pixel(d["keypoints0"]), hloc_to_pixel(d["keypoints1"])
         if swapped:
             d["keypoints0"], d["keypoints1"] = d["keypoints1"], d["keypoints0"]
         return d
 
     def items(self) -> Iterable[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]:
-        """All complete pairs as ``(name0, name1, kpts0, kpts1, scores)`` (hloc convention)."""
+        """All complete pairs as ``(name0, name1, kpts0, kpts1, scores)`` (COLMAP pixel coordinates)."""
         with h5py.File(self.path, "r") as f:
             for key in sorted(self._done):
                 g = f[key]
                 yield (
                     str(g.attrs["name0"]),
                     str(g.attrs["name1"]),
-                    g["keypoints0"][()],
-                    g["keypoints1"][()],
+                    hloc_to_pixel(g["keypoints0"][()]),
+                    hloc_to_pixel(g["keypoints1"][()]),
                     g["scores"][()],
                 )
 
@@ -187,11 +204,9 @@ def merge_pair_files(inputs: Iterable[str | Path], output: str | Path) -> int:
         if not p.is_file():
             raise FileNotFoundError(f"shard file {p} does not exist")
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
     matcher = None
     n = 0
-    with h5py.File(tmp, "w") as out:
+    with atomic_path(output) as tmp, h5py.File(tmp, "w") as out:
         for p in inputs:
             with h5py.File(p, "r") as f:
                 m = f.attrs.get("matcher")
@@ -211,77 +226,4 @@ def merge_pair_files(inputs: Iterable[str | Path], output: str | Path) -> int:
                         continue
                     f.copy(f[key], out.require_group(key.split("/")[0]), name=key.split("/")[1])
                     n += 1
-    os.replace(tmp, output)
     return n
-
-
-def _atomic_h5(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(path.name + ".tmp")
-
-
-def write_features(
-    path: str | Path, keypoints: Mapping[str, np.ndarray], sizes: Mapping[str, tuple[int, int]]
-) -> Path:
-    """Write hloc's ``features.h5`` (atomically): ``keypoints`` (hloc convention) and ``image_size`` (W, H)."""
-    path = Path(path)
-    tmp = _atomic_h5(path)
-    with h5py.File(tmp, "w") as f:
-        for name, kp in keypoints.items():
-            g = f.create_group(name)
-            g.create_dataset("keypoints", data=np.asarray(kp, np.float32).reshape(-1, 2))
-            g.create_dataset("image_size", data=np.asarray(sizes[name], np.int64))
-    os.replace(tmp, path)
-    return path
-
-
-def write_matches(
-    path: str | Path,
-    matches: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]],
-    num_keypoints: Mapping[str, int],
-) -> Path:
-    """Write hloc's ``matches.h5`` (atomically).
-
-    Args:
-        matches: ``{(name0, name1): (idx (M, 2) int, scores (M,))}`` keypoint index pairs.
-        num_keypoints: keypoint count per image (length of ``matches0``).
-    """
-    path = Path(path)
-    tmp = _atomic_h5(path)
-    with h5py.File(tmp, "w") as f:
-        for (n0, n1), (idx, scores) in matches.items():
-            m0 = np.full(num_keypoints[n0], -1, np.int32)
-            s0 = np.zeros(num_keypoints[n0], np.float32)
-            idx = np.asarray(idx, np.int64).reshape(-1, 2)
-            m0[idx[:, 0]] = idx[:, 1]
-            s0[idx[:, 0]] = np.asarray(scores, np.float32)
-            g = f.create_group(pair_key(n0, n1))
-            g.create_dataset("matches0", data=m0)
-            g.create_dataset("matching_scores0", data=s0)
-    os.replace(tmp, path)
-    return path
-
-
-def read_features(path: str | Path) -> dict[str, np.ndarray]:
-    """``{name: keypoints (M, 2) float32}`` from a ``features.h5`` (hloc convention); names may be nested."""
-    out = {}
-    with h5py.File(path, "r") as f:
-
-        def visit(name, obj):
-            if isinstance(obj, h5py.Group) and "keypoints" in obj:
-                out[name] = obj["keypoints"][()]
-
-        f.visititems(visit)
-    return out
-
-
-def read_matches_h5(path: str | Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(idx (M, 2) int, scores (M,))`` of a pair from a ``matches.h5`` (either stored order)."""
-    with h5py.File(path, "r") as f:
-        key, rev = pair_key(name0, name1), False
-        if key not in f:
-            key, rev = pair_key(name1, name0), True
-        m0, s0 = f[key]["matches0"][()], f[key]["matching_scores0"][()]
-    i0 = np.flatnonzero(m0 >= 0)
-    idx = np.stack((i0, m0[i0]), axis=1)
-    return (idx[:, ::-1] if rev else idx), s0[i0]

@@ -29,16 +29,17 @@ from l2m_plugin import __version__
 from l2m_plugin import io as l2m_io
 from l2m_plugin.config import PRESETS, MatcherConfig
 from l2m_plugin.eval import BenchmarkDataError, get_benchmark, make_matcher
+from l2m_plugin.files import LockedError, exclusive_lock
 from l2m_plugin.formats.correspondences import FILE_NAME as CORRESPONDENCES
 from l2m_plugin.formats.correspondences import write_correspondences
 from l2m_plugin.formats.pair_store import STORE_NAME, PairMatchStore, merge_pair_files
 from l2m_plugin.formats.pairs_txt import write_pairs
-from l2m_plugin.io import ImageLoadError, list_images
+from l2m_plugin.io import ImageLoadError, file_fingerprint, list_images
 from l2m_plugin.matching.build import build_matcher
 from l2m_plugin.matching.dense import DensePairMatcher
 from l2m_plugin.matching.sift import SiftPairMatcher
 from l2m_plugin.sfm.pairs import parse_pairs_spec, shard_pairs
-from l2m_plugin.sfm.pipeline import match_pairs, reconstruct, write_tracks
+from l2m_plugin.sfm.pipeline import OutputWriteError, match_pairs, reconstruct, write_tracks
 from l2m_plugin.synthesis import SynthesisError
 from l2m_plugin.synthesis.config import load_config
 from l2m_plugin.synthesis.errors import BackendUnavailableError, ConfigMismatchError
@@ -82,6 +83,88 @@ def _res(value: str) -> int | tuple[int, int] | None:
     return int(value)
 
 
+# ---------------------------------------------------------------------- argument types
+# argparse calls these while parsing, so a bad value is refused before any work starts.
+
+#: the most matches one pair may ask for: RoMa's balanced sampling estimates a density over
+#: all candidates against all candidates (5k: 5 s, 10k: 20 s, 20k: 85 s on 2 CPU cores)
+MAX_NUM_MATCHES = 20_000
+
+
+def _int_at_least(low: int, what: str = ""):
+    def parse(value: str) -> int:
+        try:
+            v = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}{what}, got {v}")
+        return v
+
+    return parse
+
+
+def _num_matches(value: str) -> int:
+    v = _int_at_least(1)(value)
+    if v > MAX_NUM_MATCHES:
+        raise argparse.ArgumentTypeError(
+            f"{v} is above {MAX_NUM_MATCHES}: sampling cost grows with the square of the number of matches "
+            "(5k: 5 s, 20k: 85 s on 2 CPU cores), so this would run for a very long time"
+        )
+    return v
+
+
+def _positive_float(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return v
+
+
+def _resolution(allow_none: bool):
+    def parse(value: str) -> str:
+        try:
+            r = _res(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected N or HxW in pixels, e.g. 560 or 560x784; got {value!r}") from None
+        if r is None and not allow_none:
+            raise argparse.ArgumentTypeError(f"must be a positive size (N or HxW), got {value!r}")
+        if r is not None and min(r if isinstance(r, tuple) else (r,)) <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {value!r}")
+        return value
+
+    return parse
+
+
+def _device(value: str) -> str:
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {value!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{value!r} asked for, but torch sees no CUDA GPU here: use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{value!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"device {value!r} is not supported: use cpu, cuda or cuda:N")
+    return value
+
+
+def _camera_model(value: str) -> str:
+    import pycolmap
+
+    names = sorted(m.name for m in pycolmap.CameraModelId.__members__.values() if m.name != "INVALID")
+    if value not in names:
+        raise argparse.ArgumentTypeError(f"unknown COLMAP camera model {value!r}; choose from {', '.join(names)}")
+    return value
+
+
 def _preset_yaml(name: str) -> str | None:
     """``configs/matcher/<name>.yaml`` of a preset in this checkout (None when absent)."""
     path = Path(__file__).resolve().parents[1] / "configs" / "matcher" / f"{name.replace('-', '_')}.yaml"
@@ -111,6 +194,18 @@ def _arch_mismatch_message(exc, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def _output_folder_problem(folder: Path, flag: str) -> str | None:
+    """Why ``folder`` cannot take outputs (an existing file, or not writable), or None."""
+    if folder.exists() and not folder.is_dir():
+        return f"{flag} {folder} is an existing file, not a folder: choose a folder"
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{flag} {folder}: {probe} is not writable; choose a folder you can write to"
+    return None
+
+
 def _load_model(args: argparse.Namespace, progress: _Progress, prog: str):
     """The L2M model the matcher flags ask for, or None after printing the error."""
     import torch
@@ -132,7 +227,8 @@ def _load_model(args: argparse.Namespace, progress: _Progress, prog: str):
     progress(f"loading weights {args.weights!r}" + (f" + encoder {args.encoder_weights!r}" if args.encoder_weights else ""))
     try:
         model = build_matcher(args.weights, preset=args.preset, config=args.config,
-                              encoder_weights=args.encoder_weights, device=args.device, **overrides)  # fmt: skip
+                              encoder_weights=args.encoder_weights, device=args.device,
+                              trust_checkpoint=args.trust_checkpoint, **overrides)  # fmt: skip
     except ArchitectureMismatchError as exc:
         print(f"{prog}: error: {_arch_mismatch_message(exc, args)}", file=sys.stderr)
         return None
@@ -152,6 +248,15 @@ def _cmd_match(args: argparse.Namespace) -> int:
 
     progress = _Progress(args.quiet)
     out_dir = Path(args.out)
+    problem = _output_folder_problem(out_dir, "--out")
+    if problem:
+        print(f"l2m match: error: {problem}", file=sys.stderr)
+        return 2
+    for flag, image in (("IMAGE0", args.image0), ("IMAGE1", args.image1)):
+        if not Path(image).is_file():
+            what = "is a folder, not an image file" if Path(image).is_dir() else "not found"
+            print(f"l2m match: error: {flag} {image}: {what}", file=sys.stderr)
+            return 2
     model = _load_model(args, progress, "l2m match")
     if model is None:
         return 2
@@ -175,8 +280,9 @@ def _cmd_match(args: argparse.Namespace) -> int:
     }
 
     attrs = {
-        "image0": str(args.image0),
-        "image1": str(args.image1),
+        # file names that are not valid UTF-8 (HDF5 strings must be) keep their bytes as \xNN
+        "image0": os.fsencode(args.image0).decode("utf-8", "backslashreplace"),
+        "image1": os.fsencode(args.image1).decode("utf-8", "backslashreplace"),
         "weights": model.weights_name,
         "config": cfg.to_dict(),
         "seed": args.seed,
@@ -205,7 +311,6 @@ def _cmd_match(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
-
     progress = _Progress(args.quiet)
     progress(f"building a randomly initialised {args.encoder} matcher (seed {args.seed})"
              + (f", BatchNorm calibrated on {args.calibrate_on}" if args.calibrate_on else ""))
@@ -224,7 +329,6 @@ def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
-
     for e in REGISTRY.values():
         p = cache_path(e)
         if e.packaged is not None:
@@ -232,7 +336,12 @@ def _cmd_weights(args: argparse.Namespace) -> int:
             default = " (default)" if e.name == DEFAULT_WEIGHTS else ""
             print(f"{e.name:18s} {e.kind:8s} {state:8s} shipped with the package{default}\n{'':36s}file: {p}")
             continue
-        print(f"{e.name:18s} {e.kind:8s} {'cached' if p.is_file() else 'missing':8s} {e.url}\n{'':36s}cache: {p}")
+        state = "missing"
+        if p.is_file():
+            state = "cached" if e.size is None or p.stat().st_size == e.size else "broken"
+        print(f"{e.name:18s} {e.kind:8s} {state:8s} {e.url}\n{'':36s}cache: {p}")
+        if state == "broken":
+            print(f"{'':36s}{p.stat().st_size} bytes, expected {e.size}: delete it to download again")
     return 0
 
 
@@ -283,11 +392,15 @@ def _mapper_option(value: str) -> tuple[str, object]:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-
     progress = _Progress(args.quiet)
     image_dir, out = Path(args.image_dir), Path(args.out_dir)
     if not image_dir.is_dir():
-        print(f"l2m reconstruct: error: image folder {image_dir} does not exist", file=sys.stderr)
+        what = "is a file, not a folder of images" if image_dir.exists() else "does not exist"
+        print(f"l2m reconstruct: error: image folder {image_dir} {what}", file=sys.stderr)
+        return 2
+    problem = _output_folder_problem(out, "OUT_DIR")
+    if problem:
+        print(f"l2m reconstruct: error: {problem}", file=sys.stderr)
         return 2
     pm = _pair_matcher(args, image_dir, progress, "l2m reconstruct")
     if pm is None:
@@ -299,9 +412,9 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             camera_mode=args.camera_mode, camera_model=args.camera_model, camera_params=args.camera_params,
             refine_intrinsics=not args.fixed_intrinsics, ransac_max_error=args.ransac_max_error,
             reference=args.reference, overwrite=args.overwrite, seed=args.seed, progress=not args.quiet,
-            mapper_options=dict(args.mapper) or None,
+            mapper_options=dict(args.mapper) or None, fast_mapping=args.fast_mapping,
         )  # fmt: skip
-    except (FileNotFoundError, ValueError, ImageLoadError, AttributeError) as exc:
+    except (FileNotFoundError, ValueError, ImageLoadError, AttributeError, OutputWriteError) as exc:
         print(f"l2m reconstruct: error: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -323,7 +436,6 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _cmd_match_pairs(args: argparse.Namespace) -> int:
-
     progress = _Progress(args.quiet)
     image_dir = Path(args.image_dir)
     if args.device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per torchrun process
@@ -341,12 +453,22 @@ def _cmd_match_pairs(args: argparse.Namespace) -> int:
         i, n = args.shard
         mine = shard_pairs(pairs, i, n)
         args.out = args.out.replace("{rank}", str(i))
-        store = PairMatchStore(args.out, pm.settings(), overwrite=args.overwrite)
-    except (FileNotFoundError, ValueError) as exc:
+        lock = exclusive_lock(args.out + ".lock", args.out)
+        lock.__enter__()
+    except (FileNotFoundError, ValueError, OSError, LockedError) as exc:
         print(f"l2m match-pairs: error: {exc}", file=sys.stderr)
         return 2
-    progress(f"shard {i}/{n}: {len(mine)} of {len(pairs)} pairs -> {args.out}")
-    report = match_pairs(pm, mine, store, progress=not args.quiet)
+    try:
+        store = PairMatchStore(args.out, pm.settings(), overwrite=args.overwrite)
+        store.set_shard(i, n, pairs)
+        fingerprints = {m: file_fingerprint(image_dir / m) for m in sorted({x for p in mine for x in p})}
+        progress(f"shard {i}/{n}: {len(mine)} of {len(pairs)} pairs -> {args.out}")
+        report = match_pairs(pm, mine, store, progress=not args.quiet, fingerprints=fingerprints)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        print(f"l2m match-pairs: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        lock.__exit__(None, None, None)
     progress(f"matched {report['matched']} new pairs, {report['skipped']} already done, {len(report['failed'])} failed")
     for pair, why in report["failed"].items():
         progress(f"failed: {pair}: {why}")
@@ -358,7 +480,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     progress = _Progress(args.quiet)
     out = Path(args.out)
     try:
-        n = merge_pair_files(args.shards, out / STORE_NAME)
+        n = merge_pair_files(args.shards, out / STORE_NAME, allow_partial=args.allow_partial)
     except (FileNotFoundError, ValueError, OSError) as exc:
         print(f"l2m merge: error: {exc}", file=sys.stderr)
         return 2
@@ -483,11 +605,14 @@ def _add_matcher_flags(p: argparse.ArgumentParser, sfm: bool = False) -> None:
         p.add_argument("--matcher", default="l2m", choices=["l2m", "sift"], help="dense L2M, or OpenCV SIFT through the same pipeline")
         p.add_argument("--sift-features", type=int, default=8000)
         p.add_argument("--sift-ratio", type=float, default=0.8)
-        p.add_argument("--memory-budget-gb", type=float, default=4.0, help="encoder features kept in memory (the rest spill to disk)")
+        p.add_argument("--memory-budget-gb", type=_positive_float, default=4.0, help="encoder features kept in memory (the rest spill to disk)")
     p.add_argument("--weights", default=None,
                    help="registry name (see `l2m weights`) or checkpoint path; default: l2m-tiny, shipped with "
                         "the package (works offline; l2mpp-v2 is the authors' L2M++, downloaded once)")  # fmt: skip
     p.add_argument("--encoder-weights", default=None, help="ViT weights for official-layout matchers (name or path)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a --weights file that holds pickled Python objects (loading runs code: only for "
+                        "files you trust; registry names are trusted)")
 
     by_arch: dict[str, list[str]] = {}
     for name, conf in PRESETS.items():
@@ -499,13 +624,13 @@ def _add_matcher_flags(p: argparse.ArgumentParser, sfm: bool = False) -> None:
     p.add_argument("--config", default=None,
                    help="matcher config YAML instead of --preset (configs/matcher/*.yaml; its arch must be the "
                         "weights'); the flags below override it")  # fmt: skip
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--coarse-res", default=None, help="e.g. 560 or 560x784 (multiples of 14)")
-    p.add_argument("--upsample-res", default=None, help="e.g. 864, 864x1152 or 0 for none (multiples of 8)")
+    p.add_argument("--device", type=_device, default="cpu")
+    p.add_argument("--coarse-res", type=_resolution(False), default=None, help="e.g. 560 or 560x784 (multiples of 14)")
+    p.add_argument("--upsample-res", type=_resolution(True), default=None, help="e.g. 864, 864x1152 or 0 for none (multiples of 8)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--num-matches", type=int, default=5000, help="matches sampled per pair")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--num-matches", type=_num_matches, default=5000, help=f"matches sampled per pair (at most {MAX_NUM_MATCHES})")
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument("--threads", type=_int_at_least(0, " (0: torch's default)"), default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--no-exif", action="store_true", help="ignore EXIF orientation")
     p.add_argument("--quiet", action="store_true")
 
@@ -525,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     c.add_argument("--layout", default="lightning", choices=["lightning", "official", "l2m_plugin"])
     c.add_argument("--encoder", default="vitl14", choices=["vitl14", "vitb14", "vits14"])
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=_int_at_least(0), default=0)
     c.add_argument("--calibrate-on", nargs=2, metavar=("IMAGE0", "IMAGE1"), default=None,
                    help="set BatchNorm statistics from these images (unit-scale activations)")
     c.add_argument("--quiet", action="store_true")
@@ -538,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cell-size", type=float, default=4.0, help="track-building cell in pixels (one keypoint per cell)")
     r.add_argument("--subpixel", action="store_true", help="keypoint at the certainty-weighted mean of its cell")
     r.add_argument("--camera-mode", default="auto", choices=["auto", "single", "per_folder", "per_image"])
-    r.add_argument("--camera-model", default="SIMPLE_RADIAL")
+    r.add_argument("--camera-model", type=_camera_model, default="SIMPLE_RADIAL")
     r.add_argument("--camera-params", default=None, help="known intrinsics, comma-separated (e.g. PINHOLE fx,fy,cx,cy)")
     r.add_argument("--fixed-intrinsics", action="store_true", help="do not refine the intrinsics in bundle adjustment")
     r.add_argument("--ransac-max-error", type=float, default=4.0, help="two-view verification threshold (px)")
@@ -547,6 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pycolmap IncrementalPipelineOptions field, repeatable "
                         "(e.g. triangulation.ignore_two_view_tracks=false mapper.init_min_tri_angle=4)")
     r.add_argument("--overwrite", action="store_true", help="recompute matches from an earlier run")
+    r.add_argument("--fast-mapping", action="store_true",
+                   help="map with every CPU core: faster, but not repeatable (default: one thread, same matches -> same model)")
     _add_matcher_flags(r, sfm=True)
     r.set_defaults(func=_cmd_reconstruct)
 
@@ -563,6 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("shards", nargs="+")
     g.add_argument("--out", required=True, help="output folder (usable as `l2m reconstruct`'s OUT_DIR)")
     g.add_argument("--cell-size", type=float, default=4.0)
+    g.add_argument("--allow-partial", action="store_true", help="merge even if shards of the i/N set are missing")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=_cmd_merge)
 
@@ -586,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-pairs", type=int, default=None, help="only the first N pairs of the official list")
     b.add_argument("--eval-only", action="store_true", help="evaluate the cached matches, match nothing")
     b.add_argument("--published", default=None, help="published.json to compare with (default: l2m_plugin/eval/published/NAME.json)")
-    b.add_argument("--memory-budget-gb", type=float, default=4.0)
+    b.add_argument("--memory-budget-gb", type=_positive_float, default=4.0)
     b.add_argument("--overwrite", action="store_true", help="replace a cache made with other settings")
     _add_matcher_flags(b)
     b.set_defaults(func=_cmd_bench, weights=None)
@@ -603,12 +731,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="photo j of the sorted listing is held out when j %% HOLDOUT_EVERY == 0: "
                          "'train' and 'heldout' sets from one folder never share a photo")  # fmt: skip
     sy.add_argument("--holdout-every", type=int, default=10, help="see --split")
-    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--seed", type=_int_at_least(0), default=0)
     sy.add_argument("--preset", default="l2m", choices=["l2m", "hard"], help="the authors' ranges, or wider motion/appearance change")
     sy.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a synthesis config entry, repeatable (e.g. motion.rotation_deg=[5,15], inpaint.method=opencv-ns)")
     sy.add_argument("--overwrite", action="store_true", help="delete an earlier run with other settings in --out")
-    sy.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    sy.add_argument("--threads", type=_int_at_least(0, " (0: torch's default)"), default=0, help="torch CPU threads (0: torch default)")
     sy.add_argument("--quiet", action="store_true")
     sy.set_defaults(func=_cmd_synth)
     tr = sub.add_parser("train", help="train a matcher (stage1: the 3D-aware encoder; stage2: the decoder on dense pairs)")
@@ -638,9 +766,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: what an interrupted command keeps, and how it resumes (Ctrl-C message)
+_RESUME = {
+    "reconstruct": "every finished pair is in OUT_DIR/pair_matches.h5; rerun the same command to resume",
+    "match-pairs": "every finished pair is in the --out file; rerun the same command to resume",
+    "synth": "every finished pair is in --out (pairs.jsonl); rerun the same command to resume",
+    "bench": "every finished pair is in the run's pair_matches.h5; rerun the same command to resume",
+    "train": "the last checkpoint is in train.out/checkpoints; rerun the same command to resume",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``l2m`` command. Ctrl-C ends it with one line saying what was kept (exit 130)."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        kept = _RESUME.get(args.command, "no output was written (outputs are written atomically)")
+        print(f"\nl2m {args.command}: interrupted; {kept}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

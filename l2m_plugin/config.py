@@ -341,11 +341,18 @@ class MatcherConfig:
         """Read a YAML file (e.g. ``configs/matcher/l2m.yaml``) with optional ``key=value`` overrides.
 
         Raises:
-            ValueError: unknown fields or invalid values (message names the file).
+            ValueError: invalid YAML, unknown fields or invalid values (message names the file).
+            OSError: the file cannot be read.
         """
+        import yaml
         from omegaconf import OmegaConf
 
-        conf = OmegaConf.load(path)
+        try:
+            conf = OmegaConf.load(path)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path} is not valid YAML ({' '.join(str(exc).split())}); fix the file") from None
+        if not isinstance(OmegaConf.to_container(conf), dict):
+            raise ValueError(f"{path} must hold a mapping of MatcherConfig fields (key: value lines)")
         if overrides:
             conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
         try:

@@ -30,6 +30,8 @@ __all__ = [
     "append_jsonl",
     "repair_jsonl",
     "config_diff",
+    "LockedError",
+    "exclusive_lock",
 ]
 
 logger = logging.getLogger(__name__)
@@ -173,3 +175,57 @@ def config_diff(saved: Mapping, now: Mapping, ignore: frozenset[str] | set[str] 
     fa, fb = _flat(saved), _flat(now)
     keys = sorted((set(fa) | set(fb)) - set(ignore))
     return [f"{k}: {fa.get(k, '<unset>')!r} -> {fb.get(k, '<unset>')!r}" for k in keys if fa.get(k) != fb.get(k)]
+
+
+class LockedError(RuntimeError):
+    """Another live process holds the lock of an output."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str = "this output") -> Iterator[Path]:
+    """Hold ``path`` (a lock file holding the owner's pid) while writing ``what``.
+
+    A lock left by a process that no longer runs (killed) is taken over.
+
+    Raises:
+        LockedError: a live process holds the lock (the message names it and the pid).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise LockedError(
+                    f"{what} is being written by process {pid} (lock file {path}); wait for it to finish, "
+                    "or use another output. Delete the lock file only if that process is gone."
+                ) from None
+            logger.warning("%s: taking over a lock left by a process that no longer runs", path)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    else:
+        raise LockedError(f"could not take the lock {path}")
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

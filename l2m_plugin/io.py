@@ -50,6 +50,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "list_images",
     "write_png",
+    "file_fingerprint",
 ]
 
 #: Smallest accepted upright width and height in pixels (one ViT patch).
@@ -420,7 +421,8 @@ def list_images(image_dir: str | Path, names: Sequence[str] | None = None, *, ch
     """
     root = Path(image_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+        what = "is a file, not a folder of images" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"image folder {root} {what}")
     if names is None:
         found = [
             p.relative_to(root).as_posix()
@@ -439,6 +441,15 @@ def list_images(image_dir: str | Path, names: Sequence[str] | None = None, *, ch
             raise FileNotFoundError(
                 f"{len(missing)} listed images are not in {root}, e.g. {missing[:3]}"
             )
+    for n in names:
+        try:
+            n.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(n).decode("utf-8", "backslashreplace")
+            raise ValueError(
+                f"image file name {shown!r} under {root} is not valid UTF-8, which HDF5 and COLMAP "
+                "need for image names: rename the file"
+            ) from None
     if check_hloc_keys:
         _check_unique_keys(names)
     return names
@@ -459,3 +470,23 @@ def write_png(path: str | os.PathLike, image) -> Path:
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
     return Path(path)
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """What identifies a file's content: ``"<bytes>:<first 16 hex digits of its SHA-1>"``.
+
+    Finished pairs are keyed by it, so a photo replaced under the same name is matched again
+    (its size, mtime or name alone would not tell).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    import hashlib
+
+    h = hashlib.sha1()
+    n = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            n += len(chunk)
+    return f"{n}:{h.hexdigest()[:16]}"

@@ -59,6 +59,7 @@ __all__ = [
     "download",
     "resolve",
     "read_checkpoint",
+    "UntrustedCheckpointError",
     "unwrap_state_dict",
     "map_dinov2_keys",
     "split_official_layout",
@@ -311,10 +312,22 @@ def resolve(weights: str | os.PathLike, progress: bool = True) -> Path:
     )
 
 
-def read_checkpoint(path: str | os.PathLike) -> Any:
-    """``torch.load`` a checkpoint on CPU, with ``weights_only=True`` where the file allows it.
+class UntrustedCheckpointError(WeightsError):
+    """A checkpoint holds pickled Python objects (code runs when it loads) and was not trusted."""
+
+
+def read_checkpoint(path: str | os.PathLike, trust: bool = False) -> Any:
+    """``torch.load`` a checkpoint on CPU with ``weights_only=True`` (tensors only, no code runs).
+
+    A file that holds pickled Python objects besides tensors (some Lightning checkpoints do)
+    can run code when it loads; it is read with ``weights_only=False`` only when ``trust``
+    (registry files, from their entry's URL and checked where a SHA-256 is published, are
+    trusted by :func:`load_weights`; a user
+    passes ``trust_checkpoint=True`` / ``--trust-checkpoint`` for a file they know).
 
     Raises:
+        UntrustedCheckpointError: pickled objects and not ``trust`` (the message names the
+            file and the opt-in).
         WeightsError: file missing, empty, truncated or not a PyTorch checkpoint
             (the message names the file and the fix).
     """
@@ -332,9 +345,15 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
                 "Delete it and download or copy it again."
             ) from exc
+        if not trust:
+            raise UntrustedCheckpointError(
+                f"{path} holds pickled Python objects besides tensors, and loading them runs code "
+                f"({str(exc).splitlines()[0][:160]}). Refused. If you trust the file's origin, pass "
+                "trust_checkpoint=True (CLI: --trust-checkpoint); or re-save its tensors only."
+            ) from None
     warnings.warn(
-        f"{path} holds pickled Python objects besides tensors; loading it with weights_only=False. "
-        "Only do this for files you trust.",
+        f"{path} holds pickled Python objects besides tensors; loading it with weights_only=False "
+        "because it is trusted (a registry file, or trust_checkpoint=True).",
         stacklevel=2,
     )
     try:
@@ -443,7 +462,13 @@ def load_state_strict(model, sd: Mapping[str, torch.Tensor], what: str) -> None:
     model.load_state_dict(sd, strict=True, assign=True)
 
 
-def encoder_state_dict(encoder_weights: Any, progress: bool = True) -> tuple[dict, str]:
+def _verified(entry: WeightsEntry | None) -> bool:
+    """A registry entry: its file comes from the entry's URL (the authors' release) and is checked
+    against the entry's size and SHA-256 where they are published; trusted like the code."""
+    return entry is not None
+
+
+def encoder_state_dict(encoder_weights: Any, progress: bool = True, trust: bool = False) -> tuple[dict, str]:
     """A DINOv2 ViT state dict (DINOv2's own key layout) and where it came from.
 
     Args:
@@ -454,7 +479,8 @@ def encoder_state_dict(encoder_weights: Any, progress: bool = True) -> tuple[dic
     if isinstance(encoder_weights, Mapping):
         return unwrap_state_dict(encoder_weights), "<encoder state dict>"
     path = resolve(encoder_weights, progress)
-    return unwrap_state_dict(read_checkpoint(path)), str(path)
+    entry = REGISTRY.get(encoder_weights) if isinstance(encoder_weights, str) else None
+    return unwrap_state_dict(read_checkpoint(path, trust=trust or _verified(entry))), str(path)
 
 
 @dataclass(frozen=True)
@@ -480,6 +506,7 @@ def load_weights(
     config: MatcherConfig | None = None,
     encoder_weights: Any = None,
     progress: bool = True,
+    trust_checkpoint: bool = False,
     **overrides,
 ) -> LoadedWeights:
     """Resolve, download (registry names only, when not cached) and read weights: the weights
@@ -499,6 +526,8 @@ def load_weights(
             ViT): registry name, path or state dict. Default: the registry entry's encoder
             (``dinov2l-distilled`` for L2M++).
         progress: show download progress.
+        trust_checkpoint: load a file that holds pickled Python objects (runs code; see
+            :func:`read_checkpoint`). Registry files are trusted without it.
         **overrides: MatcherConfig fields to change.
     Returns:
         :class:`LoadedWeights`.
@@ -520,7 +549,7 @@ def load_weights(
         obj, what, label = weights, "<state dict>", "state-dict"
     else:
         path = resolve(weights, progress)
-        obj, what = read_checkpoint(path), str(path)
+        obj, what = read_checkpoint(path, trust=trust_checkpoint or _verified(entry)), str(path)
         label = weights if entry is not None else path.name
     if isinstance(obj, Mapping) and obj.get("format") == _FORMAT:
         saved_config = MatcherConfig.from_dict(obj["config"])
@@ -532,11 +561,18 @@ def load_weights(
         config = config.replace(**overrides)
     if saved_config is not None and not config.same_network(saved_config):
         raise ArchitectureMismatchError(str(label), saved_config, config)
+    if not any(k.startswith("decoder.") for k in sd):
+        shown = ", ".join(sorted(sd)[:5]) + (", ..." if len(sd) > 5 else "")
+        raise WeightsError(
+            f"{what} is not an L2M / RoMa matcher checkpoint: none of its {len(sd)} keys is a decoder key "
+            f"(decoder.*); it holds {shown}. Pass a matcher checkpoint as weights (encoder-only files go "
+            "to encoder_weights)."
+        )
     uses_dinov2 = config.arch_config.coarse == "dinov2"
     if encoder_weights is None and uses_dinov2 and not _has_encoder(sd):  # official layout: the ViT is a second file
         encoder_weights = entry.encoder if entry is not None else REGISTRY["l2mpp-v2"].encoder
     if encoder_weights is not None:
-        enc_sd, enc_what = encoder_state_dict(encoder_weights, progress)
+        enc_sd, enc_what = encoder_state_dict(encoder_weights, progress, trust=trust_checkpoint)
         sd.update(map_dinov2_keys(enc_sd))
         what = f"{what} + {enc_what}"
     return LoadedWeights(config=config, state_dict=sd, name=str(label), source=what)

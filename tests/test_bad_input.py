@@ -1,4 +1,14 @@
-"""Bad or unusual images through the matcher's public entry points."""
+"""Bad input and faults, one test each, and what the project does about them.
+
+Images: unusual formats, missing / corrupt / truncated / tiny / huge files, malformed tensors,
+values in 0-255, NaN, float64 (the matcher). Command lines: every numeric flag out of range,
+unknown devices and camera models, an existing file or unwritable folder as --out, YAML syntax
+errors (refused before any work, one line naming the flag or file). Files: a photo replaced
+under the same name (matched again), an incomplete shard set (refused unless --allow-partial),
+a refused merge (no partial file left), two writers of one output (the second refused),
+Ctrl-C (one line saying what was kept), a checkpoint that pickles code (refused unless
+trusted: tests/test_weights.py). Repeatable mapping: tests/test_sfm_reconstruct.py.
+"""
 
 import numpy as np
 import pytest
@@ -69,3 +79,220 @@ def test_forward_rejects_malformed_tensors(model):
         model({"image0": x, "image1": torch.rand(3, 56, 56)})
     with pytest.raises(ValueError, match="batch size"):
         model({"image0": x, "image1": torch.rand(2, 3, 56, 56)})
+    with pytest.raises(ValueError, match=r"image1 has values in \[0\.\d+, 25\d\]; images must be in \[0, 1\] \(it looks like 0-255"):
+        model({"image0": x, "image1": x * 255})
+    bad = x.clone()
+    bad[0, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="image0 holds NaN or Inf"):
+        model({"image0": bad, "image1": x})
+    with pytest.raises(ValueError, match=r"float64: .*image0\.float\(\)"):
+        model({"image0": x.double(), "image1": x})
+
+
+# ---------------------------------------------------------------------- command lines
+BAD_FLAGS = [
+    (["--seed", "-1"], "argument --seed: must be >= 0"),
+    (["--num-matches", "0"], "argument --num-matches: must be >= 1"),
+    (["--num-matches", "10000000"], "is above 20000: sampling cost grows with the square"),
+    (["--coarse-res", "abc"], "argument --coarse-res: expected N or HxW"),
+    (["--coarse-res", "0"], "argument --coarse-res: must be a positive size"),
+    (["--upsample-res", "-8"], "argument --upsample-res: must be positive"),
+    (["--threads", "-1"], "argument --threads: must be >= 0"),
+    (["--device", "tpu"], "argument --device: unknown device 'tpu'"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
+def test_bad_flags_are_refused_before_any_work(tmp_path, capsys, flags, message):
+    from l2m_plugin.cli import main
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main(["match", "a.jpg", "b.jpg", "--out", str(out), *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cuda_without_a_gpu_and_unknown_camera_models_are_refused(tmp_path, capsys):
+    from l2m_plugin.cli import main
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["match", "a.jpg", "b.jpg", "--out", str(tmp_path / "o"), "--device", "cuda"])
+        assert "torch sees no CUDA GPU here: use --device cpu" in capsys.readouterr().err
+    for argv in (["reconstruct", str(tmp_path), str(tmp_path / "o"), "--camera-model", "FOO"],
+                 ["bench", "hpatches", "--data-root", str(tmp_path), "--memory-budget-gb", "-1"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main(argv)
+    err = capsys.readouterr().err
+    assert "unknown COLMAP camera model 'FOO'; choose from" in err and "must be a positive number" in err
+
+
+def test_outputs_that_cannot_be_written_and_bad_yaml_are_named(tmp_path, capsys, photo):
+    from l2m_plugin.cli import main
+
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    (tmp_path / "file").write_text("x")
+    assert main(["match", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--out", str(tmp_path / "file")]) == 2
+    assert "is an existing file, not a folder" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("coarse_res: [1, 2\n")
+    rc = main(["match", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--out", str(tmp_path / "o"),
+               "--config", str(bad), "--quiet"])  # fmt: skip
+    assert rc == 2 and f"{bad} is not valid YAML" in capsys.readouterr().err
+    assert main(["reconstruct", str(tmp_path / "file"), str(tmp_path / "r"), "--quiet"]) == 2
+    assert "is a file, not a folder of images" in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_with_one_line_saying_what_was_kept(monkeypatch, capsys, tmp_path):
+    from l2m_plugin import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_reconstruct", interrupted)
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), "reconstruct", interrupted))
+    assert cli.main(["reconstruct", str(tmp_path), str(tmp_path / "o")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "l2m reconstruct: interrupted; every finished pair is in OUT_DIR/pair_matches.h5; rerun the same command to resume"
+
+
+def _with_func(parser, command, func):
+    parser._subparsers._group_actions[0].choices[command].set_defaults(func=func)
+    return parser
+
+
+# ---------------------------------------------------------------------- files
+def _images(folder, seed):
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray((rng.random((24, 32, 3)) * 255).astype(np.uint8)).save(folder / name)
+
+
+def test_a_photo_replaced_under_its_name_is_matched_again(tmp_path):
+    from l2m_plugin.formats.pair_store import PairMatchStore
+    from l2m_plugin.io import file_fingerprint
+    from l2m_plugin.matching.baselines import RandomPairMatcher
+    from l2m_plugin.sfm.pipeline import match_pairs
+
+    _images(tmp_path / "img", 0)
+    pairs = [("a.png", "b.png"), ("a.png", "c.png"), ("b.png", "c.png")]
+
+    def run():
+        fp = {n: file_fingerprint(tmp_path / "img" / n) for n in ("a.png", "b.png", "c.png")}
+        store = PairMatchStore(tmp_path / "pair_matches.h5", {"m": "random"})
+        return match_pairs(RandomPairMatcher(tmp_path / "img", 20, 0), pairs, store, progress=False, fingerprints=fp)
+
+    assert run()["matched"] == 3
+    assert run()["matched"] == 0  # resume: nothing changed
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "img" / "c.png")  # same name, new photo
+    r = run()
+    assert r["matched"] == 2 and r["skipped"] == 1  # the two pairs with c.png, and only those
+    k0, k1, _ = PairMatchStore(tmp_path / "pair_matches.h5").read("a.png", "c.png")
+    assert k1[:, 0].max() > 32  # keypoints of the new 50-px-wide photo, not clipped to the old 32 px
+
+
+def test_merge_refuses_an_incomplete_shard_set_and_leaves_no_partial_file(tmp_path, capsys):
+    from l2m_plugin.cli import main
+    from l2m_plugin.formats.pair_store import PairMatchStore
+
+    pairs = [("a", "b"), ("a", "c"), ("b", "c")]
+    for i in range(3):
+        s = PairMatchStore(tmp_path / f"s{i}.h5", {"m": 1})
+        s.set_shard(i, 3, pairs)
+        a, b = pairs[i]
+        s.write(a, b, np.ones((2, 2)), np.ones((2, 2)), np.ones(2), (4, 4), (4, 4))
+    out = tmp_path / "merged"
+    assert main(["merge", str(tmp_path / "s0.h5"), str(tmp_path / "s2.h5"), "--out", str(out), "--quiet"]) == 2
+    assert "shards 1/3 of 3 are missing" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+    assert main(["merge", str(tmp_path / "s0.h5"), str(tmp_path / "s2.h5"), "--out", str(out), "--quiet", "--allow-partial"]) == 0
+    other = PairMatchStore(tmp_path / "other.h5", {"m": 2})
+    other.set_shard(1, 3, pairs)
+    out2 = tmp_path / "merged2"
+    assert main(["merge", str(tmp_path / "s0.h5"), str(tmp_path / "other.h5"), str(tmp_path / "s2.h5"),
+                 "--out", str(out2), "--quiet"]) == 2  # fmt: skip
+    assert "other settings" in capsys.readouterr().err
+    assert sorted(p.name for p in out2.iterdir()) == []  # no pair_matches.partial.h5 left
+    assert main(["merge", *(str(tmp_path / f"s{i}.h5") for i in range(3)), "--out", str(out), "--quiet"]) == 0
+    assert len(PairMatchStore(out / "pair_matches.h5")) == 3
+
+
+def test_a_second_writer_of_one_output_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from l2m_plugin.files import LockedError, exclusive_lock
+
+    lock = tmp_path / "shard.h5.lock"
+    with exclusive_lock(lock, "shard.h5"):
+        assert lock.read_text() == str(__import__("os").getpid())
+        child = subprocess.run(
+            [sys.executable, "-c", "from l2m_plugin.files import exclusive_lock\n"
+             f"with exclusive_lock({str(lock)!r}, 'shard.h5'): pass"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert child.returncode != 0 and "shard.h5 is being written by process" in child.stderr
+    assert not lock.exists()
+    lock.write_text("999999999")  # a writer that was killed: its lock is taken over
+    with exclusive_lock(lock):
+        pass
+    assert LockedError.__mro__[1] is RuntimeError
+
+
+def test_file_names_that_are_not_utf8(tmp_path, capsys, photo):
+    import os
+
+    from l2m_plugin.cli import main
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    raw = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
+    try:
+        Image.fromarray(photo).save(folder / raw)
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses non-UTF-8 names")
+    Image.fromarray(photo).save(folder / "b.png")
+    assert main(["reconstruct", str(folder), str(tmp_path / "rec"), "--quiet", "--matcher", "sift"]) == 2
+    err = capsys.readouterr().err
+    assert "caf\\\\xe9.png" in err and "is not valid UTF-8" in err and "rename the file" in err
+    rc = main(["match", str(folder / raw), str(folder / "b.png"), "--out", str(tmp_path / "m"), "--quiet",
+               "--num-matches", "50"])  # fmt: skip
+    assert rc == 0
+    import h5py
+
+    with h5py.File(tmp_path / "m" / "correspondences.h5") as f:
+        assert f.attrs["image0"].endswith("caf\\xe9.png")
+    assert not [p.name for p in (tmp_path / "m").iterdir() if ".partial" in p.name]
+
+
+def test_a_full_disk_stops_matching_with_a_message_and_keeps_the_finished_pairs(tmp_path, monkeypatch):
+    import errno
+
+    from l2m_plugin.formats.pair_store import PairMatchStore
+    from l2m_plugin.matching.baselines import RandomPairMatcher
+    from l2m_plugin.sfm.pipeline import OutputWriteError, match_pairs
+
+    _images(tmp_path / "img", 1)
+    pairs = [("a.png", "b.png"), ("a.png", "c.png"), ("b.png", "c.png")]
+    store = PairMatchStore(tmp_path / "pair_matches.h5", {"m": "random"})
+    write = PairMatchStore.write
+    calls = []
+
+    def disk_fills_up(self, *a, **k):  # the second write hits ENOSPC, as h5py reports it
+        calls.append(a[:2])
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(self, *a, **k)
+
+    monkeypatch.setattr(PairMatchStore, "write", disk_fills_up)
+    with pytest.raises(OutputWriteError, match=r"No space left on device.*the 1 pairs finished before are kept.*rerun"):
+        match_pairs(RandomPairMatcher(tmp_path / "img", 20, 0), pairs, store, progress=False)
+    assert len(calls) == 2  # stopped at once, the third pair was not tried
+    monkeypatch.setattr(PairMatchStore, "write", write)
+    again = PairMatchStore(tmp_path / "pair_matches.h5", {"m": "random"})
+    assert len(again) == 1
+    r = match_pairs(RandomPairMatcher(tmp_path / "img", 20, 0), pairs, again, progress=False)
+    assert r["skipped"] == 1 and r["matched"] == 2

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from l2m_plugin.formats.colmap_model import poses_by_name
 from l2m_plugin.formats.hloc import pair_key
 from l2m_plugin.formats.pair_store import PairMatchStore
 from l2m_plugin.geometry import epipolar_distance
@@ -371,3 +372,20 @@ def test_maupertuis_against_its_reference_model(tmp_path):
     assert len(errs) == s["model"]["registered_images"] >= 2
     assert max(errs.values()) < 0.5, errs
     assert main(["reconstruct", str(d), str(tmp_path), "--matcher", "sift", "--mapper", "nonsense.key=1", "--quiet"]) == 2
+
+
+def test_mapping_is_repeatable_by_default(oracle_run, scene_dir, tmp_path):
+    """The same database mapped twice with the defaults (one thread, seeded) gives the same model."""
+    import pycolmap
+
+    from l2m_plugin.sfm.colmap import run_mapping
+
+    out, _ = oracle_run
+    models = [run_mapping(out / "database.db", scene_dir, tmp_path / f"run{k}") for k in range(2)]
+    a, b = (pycolmap.Reconstruction(str(tmp_path / f"run{k}")) for k in range(2))
+    assert models[0] is not None and a.num_reg_images() == b.num_reg_images() == 5
+    assert a.num_points3D() == b.num_points3D()
+    pa, pb = poses_by_name(a), poses_by_name(b)
+    for name in pa:
+        np.testing.assert_allclose(pa[name][0], pb[name][0], atol=1e-9)
+        np.testing.assert_allclose(pa[name][1], pb[name][1], atol=1e-9)

@@ -299,6 +299,20 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(synth_root, tmp_path):
     assert steps == ["1", "2", "3", "4"]
 
 
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(synth_root, tmp_path, caplog):
+    conf = _conf(synth_root, tmp_path / "run", steps=3, stop_at=2, checkpoint_every=1, keep_checkpoints=2)
+    Trainer(conf).run()
+    ckpts = sorted((tmp_path / "run" / "checkpoints").glob("step_*.pt"))
+    assert [c.name for c in ckpts] == ["step_0000001.pt", "step_0000002.pt"]
+    ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:1000])  # cut by a crash or a full disk
+    with caplog.at_level("WARNING"):
+        Trainer(_conf(synth_root, tmp_path / "run", steps=3, checkpoint_every=1, keep_checkpoints=2)).run()
+    assert "step_0000002.pt is unreadable" in caplog.text and "trying the previous one" in caplog.text
+    steps = [line.split(",")[0] for line in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
+    assert steps == ["1", "2", "3"]  # resumed after step 1: step 2 was done again
+    assert (tmp_path / "run" / "model.pth").is_file()
+
+
 def test_output_dir_with_another_config_is_refused(synth_root, tmp_path):
     from l2m_plugin.training import TrainConfigError
 

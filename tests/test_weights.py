@@ -282,16 +282,27 @@ def test_truncated_empty_and_foreign_checkpoints(tmp_path, small_sd):
         assert name in str(err.value)
     resnet = {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 512)}
     torch.save(resnet, tmp_path / "resnet.pth")
-    with pytest.raises(W.WeightsError, match="missing keys") as err:
+    with pytest.raises(W.WeightsError, match="resnet.pth is not an L2M / RoMa matcher checkpoint") as err:
         load_matcher(tmp_path / "resnet.pth", config=SMALL, encoder_weights={"cls_token": torch.zeros(1, 1, 384)})
     assert "conv1.weight" in str(err.value)
     with pytest.raises(W.WeightsError, match="neither a registry name"):
         load_matcher(tmp_path / "missing.pth")
 
 
-def test_pickled_objects_fall_back_to_weights_only_false_with_warning(tmp_path, small_sd):
+def test_pickled_objects_are_refused_unless_trusted(tmp_path, small_sd):
     obj = {"state_dict": {"model." + k: v for k, v in small_sd.items()}, "hyper_parameters": argparse.Namespace(lr=1)}
     torch.save(obj, tmp_path / "lightning.ckpt")
+    with pytest.raises(W.UntrustedCheckpointError, match=r"lightning\.ckpt holds pickled Python objects.*--trust-checkpoint"):
+        load_matcher(tmp_path / "lightning.ckpt", config=SMALL)
     with pytest.warns(UserWarning, match="weights_only=False"):
-        model = load_matcher(tmp_path / "lightning.ckpt", config=SMALL)
+        model = load_matcher(tmp_path / "lightning.ckpt", config=SMALL, trust_checkpoint=True)
     assert torch.equal(model.state_dict()["decoder.proj.8.0.weight"], small_sd["decoder.proj.8.0.weight"])
+
+
+def test_an_unrelated_state_dict_is_named_before_any_download(monkeypatch):
+    def no_download(*a, **k):
+        raise AssertionError("nothing may be downloaded for an unrelated file")
+
+    monkeypatch.setattr(W, "download", no_download)
+    with pytest.raises(W.WeightsError, match=r"not an L2M / RoMa matcher checkpoint.*conv1\.weight"):
+        load_matcher({"conv1.weight": torch.zeros(1), "fc.bias": torch.zeros(1)})

@@ -15,6 +15,7 @@ Benchmark caches written before this name existed are ``matches.h5``:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -109,6 +110,20 @@ class PairMatchStore:
                     done.add(f"{a}/{b}")
         return done
 
+    def set_shard(self, shard: int, num_shards: int, pairs) -> None:
+        """Record that this file is shard ``shard`` of ``num_shards`` of the pair list ``pairs``
+        (its SHA-1 and length), so that :func:`merge_pair_files` can refuse an incomplete set."""
+        digest = hashlib.sha1("\n".join(f"{a} {b}" for a, b in pairs).encode()).hexdigest()
+        info = {"shard": int(shard), "num_shards": int(num_shards), "pairs_sha1": digest, "num_pairs": len(pairs)}
+        with h5py.File(self.path, "a") as f:
+            old = f.attrs.get("shard_info")
+            if old is not None and json.loads(old) != info:
+                raise ValueError(
+                    f"{self.path} is shard {json.loads(old)['shard']}/{json.loads(old)['num_shards']} of another "
+                    f"pair list or split; use --overwrite or another --out"
+                )
+            f.attrs["shard_info"] = json.dumps(info, sort_keys=True)
+
     def __contains__(self, pair: tuple[str, str]) -> bool:
         return pair_key(*pair) in self._done or pair_key(pair[1], pair[0]) in self._done
 
@@ -118,6 +133,7 @@ class PairMatchStore:
     def write(
         self, name0: str, name1: str, kpts0: np.ndarray, kpts1: np.ndarray, scores: np.ndarray,
         size0: tuple[int, int], size1: tuple[int, int], extra: Mapping[str, np.ndarray] | None = None,
+        fingerprints: tuple[str, str] | None = None,
     ) -> None:  # fmt: skip
         """Store one pair; replaces an incomplete earlier write of the pair.
 
@@ -126,6 +142,8 @@ class PairMatchStore:
             scores: (N,) raw certainty.
             size0, size1: (W, H) of the stored images.
             extra: more per-match datasets, e.g. ``sample_index``.
+            fingerprints: :func:`l2m_plugin.io.file_fingerprint` of the two image files, kept
+                so that :meth:`current` can tell a pair of a replaced photo.
         """
         if self.read_only:
             raise ValueError(f"{self.path} was opened read-only")
@@ -144,9 +162,28 @@ class PairMatchStore:
                 np.asarray(size0, np.int64),
                 np.asarray(size1, np.int64),
             )
+            if fingerprints is not None:
+                g.attrs["fingerprint0"], g.attrs["fingerprint1"] = fingerprints
             g.attrs["complete"] = True
             f.flush()
         self._done.add(key)
+
+    def current(self, pairs, fingerprints: Mapping[str, str]) -> set[tuple[str, str]]:
+        """The pairs of ``pairs`` stored with the images' present content: complete, and written
+        with the same :func:`~l2m_plugin.io.file_fingerprint` as ``fingerprints[name]`` (a pair
+        written without fingerprints, by an older version, counts as stale)."""
+        out = set()
+        with h5py.File(self.path, "r") as f:
+            for a, b in pairs:
+                for n0, n1 in ((a, b), (b, a)):
+                    key = pair_key(n0, n1)
+                    if key in self._done:
+                        g = f[key]
+                        stored = (g.attrs.get("fingerprint0"), g.attrs.get("fingerprint1"))
+                        if stored == (fingerprints.get(n0), fingerprints.get(n1)):
+                            out.add((a, b))
+                        break
+        return out
 
     def read(self, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(kpts0, kpts1, scores)`` of a pair in the asked order (swapped if stored reversed)."""
@@ -191,18 +228,48 @@ class PairMatchStore:
         return sizes
 
 
-def merge_pair_files(inputs: Iterable[str | Path], output: str | Path) -> int:
+def _check_shard_set(inputs: list[Path], allow_partial: bool) -> None:
+    infos = {}
+    for p in inputs:
+        try:
+            with h5py.File(p, "r") as f:
+                raw = f.attrs.get("shard_info")
+        except OSError as e:
+            raise ValueError(f"{p} is not a readable HDF5 file ({e})") from e
+        if raw is not None:
+            infos[p] = json.loads(raw)
+    if not infos:
+        return
+    lists = {(i["num_shards"], i["pairs_sha1"]) for i in infos.values()}
+    if len(lists) > 1:
+        raise ValueError("the shards come from different pair lists or splits: "
+                         + ", ".join(f"{p} ({i['shard']}/{i['num_shards']})" for p, i in infos.items()))  # fmt: skip
+    n = next(iter(lists))[0]
+    missing = sorted(set(range(n)) - {i["shard"] for i in infos.values()})
+    if missing and not allow_partial:
+        raise ValueError(
+            f"shards {', '.join(f'{k}/{n}' for k in missing)} of {n} are missing (given: "
+            f"{', '.join(str(p) for p in inputs)}); pass them all, or --allow-partial to merge what is there"
+        )
+
+
+def merge_pair_files(inputs: Iterable[str | Path], output: str | Path, allow_partial: bool = False) -> int:
     """Merge shard files of :class:`PairMatchStore` into one (atomically). Returns the pair count.
+
+    Shards written by ``l2m match-pairs --shard i/N`` record i/N and their pair list: a set
+    with a shard missing is refused unless ``allow_partial``.
 
     Raises:
         FileNotFoundError: a missing input.
-        ValueError: shards from different matcher settings, or a pair present in two
-            shards with different matches.
+        ValueError: shards from different matcher settings, pair lists or splits, a missing
+            shard (without ``allow_partial``), or a pair present in two shards with different
+            matches.
     """
     inputs = [Path(p) for p in inputs]
     for p in inputs:
         if not p.is_file():
             raise FileNotFoundError(f"shard file {p} does not exist")
+    _check_shard_set(inputs, allow_partial)
     output = Path(output)
     matcher = None
     n = 0

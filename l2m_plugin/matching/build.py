@@ -25,6 +25,7 @@ def build_matcher(
     encoder_weights: Any = None,
     device: str | torch.device | None = None,
     matcher_arg: str = "matcher=",
+    trust_checkpoint: bool = False,
     **overrides,
 ):
     """A matcher from weights, a preset or config, and MatcherConfig overrides; or a given one.
@@ -40,6 +41,8 @@ def build_matcher(
         encoder_weights: ViT weights for official-layout checkpoints.
         device: where to put the matcher (default CPU when loading).
         matcher_arg: how the caller names ``matcher`` in its own interface (for messages).
+        trust_checkpoint: allow a checkpoint that holds pickled Python objects (runs code when
+            loaded; :func:`l2m_plugin.weights.read_checkpoint`).
         **overrides: MatcherConfig fields (``coarse_res``, ``upsample_res``, ``dtype`` ...).
     Returns:
         the matcher, in eval mode when loaded here.
@@ -52,8 +55,9 @@ def build_matcher(
     """
     if matcher is None:
         return load_matcher(
-            weights, config=resolve_config(preset, config), encoder_weights=encoder_weights, device=device, **overrides
-        )
+            weights, config=resolve_config(preset, config), encoder_weights=encoder_weights, device=device,
+            trust_checkpoint=trust_checkpoint, **overrides,
+        )  # fmt: skip
     loading = {"encoder_weights": encoder_weights, "preset": preset, "config": config}
     given = sorted(overrides) + [k for k, v in loading.items() if v is not None]
     if given:

@@ -153,6 +153,15 @@ class L2M(nn.Module):
             if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
                 shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
                 raise ValueError(f"{key} must be a (B, 3, H, W) float tensor in [0, 1], got {shape}")
+            if x.dtype == torch.float64:
+                raise ValueError(f"{key} is float64: L2M runs in float32 (or autocast); pass {key}.float()")
+            if x.numel():
+                lo, hi = torch.aminmax(x.detach())
+                if not (torch.isfinite(lo) and torch.isfinite(hi)):
+                    raise ValueError(f"{key} holds NaN or Inf values: images must be finite, in [0, 1]")
+                if hi > 1.05 or lo < -0.05:  # slack for resampling overshoot (bicubic)
+                    hint = " (it looks like 0-255: divide by 255)" if hi > 2.0 else ""
+                    raise ValueError(f"{key} has values in [{lo.item():.3g}, {hi.item():.3g}]; images must be in [0, 1]{hint}")
         x0, x1 = data["image0"], data["image1"]
         if x0.shape[0] != x1.shape[0]:
             raise ValueError(f"image0 and image1 need the same batch size, got {x0.shape[0]} and {x1.shape[0]}")
@@ -387,12 +396,13 @@ def load_matcher(
     encoder_weights: Any = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    trust_checkpoint: bool = False,
     **overrides,
 ) -> L2M:
     """Build an :class:`L2M` and load weights into it, strictly.
 
     Args:
-        weights, config, encoder_weights, progress, overrides: as
+        weights, config, encoder_weights, progress, trust_checkpoint, overrides: as
             :func:`l2m_plugin.weights.load_weights` (registry name, path or state dict; a
             config or MatcherConfig field overrides).
         device: where to put the model (default CPU).
@@ -404,7 +414,8 @@ def load_matcher(
         ArchitectureMismatchError: ``config`` (after ``overrides``) is for another
             architecture than the weights' known one.
     """
-    loaded = load_weights(weights, config=config, encoder_weights=encoder_weights, progress=progress, **overrides)
+    loaded = load_weights(weights, config=config, encoder_weights=encoder_weights, progress=progress,
+                          trust_checkpoint=trust_checkpoint, **overrides)  # fmt: skip
     with torch.device("meta"):
         model = L2M(loaded.config, weights_name=loaded.name)
     load_state_strict(model, loaded.state_dict, loaded.source)

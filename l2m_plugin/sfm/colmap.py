@@ -162,7 +162,7 @@ def run_mapping(
     output: str | Path,
     *,
     seed: int = 0,
-    num_threads: int = -1,
+    num_threads: int = 1,
     refine_intrinsics: bool = True,
     options: Mapping | None = None,
 ) -> pycolmap.Reconstruction | None:
@@ -172,7 +172,10 @@ def run_mapping(
     writes nothing at ``output``) when no model could be initialised.
 
     Args:
-        seed: mapper random seed (deterministic runs).
+        seed: mapper random seed.
+        num_threads: mapper threads. The default, 1, makes mapping repeatable: the same
+            matches give the same model (with more threads pycolmap's bundle adjustment and
+            registration order vary from run to run; -1 uses every core).
         refine_intrinsics: refine focal length and distortion in bundle adjustment
             (turn off for known, exact intrinsics).
         options: extra ``IncrementalPipelineOptions`` fields, e.g. ``{"min_model_size": 3}``.

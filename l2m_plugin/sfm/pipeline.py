@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from l2m_plugin.formats.colmap_model import poses_by_name
 from l2m_plugin.formats.hloc import write_features, write_matches
 from l2m_plugin.formats.pair_store import STORE_NAME, PairMatchStore
 from l2m_plugin.formats.pairs_txt import write_pairs
-from l2m_plugin.io import ImageLoadError, list_images, load_image
+from l2m_plugin.io import ImageLoadError, file_fingerprint, list_images, load_image
 from l2m_plugin.sfm.colmap import (
     import_into_database,
     model_statistics,
@@ -45,7 +45,12 @@ from l2m_plugin.sfm.pairs import parse_pairs_spec
 from l2m_plugin.sfm.tracks import Tracks, build_tracks
 from l2m_plugin.viz import draw_reconstruction
 
-__all__ = ["reconstruct", "match_pairs", "write_tracks"]
+__all__ = ["reconstruct", "match_pairs", "write_tracks", "OutputWriteError"]
+
+
+class OutputWriteError(OSError):
+    """The pair-match store could not be written (e.g. a full disk): matching stops at once, and
+    every pair finished before is kept (each was written and closed before the next began)."""
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,7 @@ def match_pairs(
     *,
     progress: bool = True,
     on_failure: Callable[[tuple[str, str], Exception], None] | None = None,
+    fingerprints: Mapping[str, str] | None = None,
 ) -> dict:
     """Match the pairs not yet in ``store`` and append each as soon as it is done.
 
@@ -97,13 +103,22 @@ def match_pairs(
         store: the raw match file (resume state).
         progress: show a progress bar (stderr).
         on_failure: called with the pair and the exception of a failed pair.
+        fingerprints: ``{name: io.file_fingerprint}`` of the images: a stored pair counts as
+            done only if its images still have that content (a replaced photo is matched again);
+            None: stored pairs count by name.
     Returns:
         dict: ``matched`` (new pairs), ``skipped`` (already stored), ``failed``
         ({"name0 name1": message}), ``failed_images`` ({name: message}).
     Raises:
         KeyboardInterrupt: passed on; every pair finished before it is in ``store``.
+        OutputWriteError: ``store`` cannot be written (full disk): raised at the first such
+            pair, instead of going on with a damaged file.
     """
-    todo = [p for p in pairs if p not in store]
+    if fingerprints is None:
+        todo = [p for p in pairs if p not in store]
+    else:
+        done = store.current(pairs, fingerprints)
+        todo = [p for p in pairs if p not in done]
     report = {"matched": 0, "skipped": len(pairs) - len(todo), "failed": {}, "failed_images": {}}
     todo = _order_for_cache(todo)
     remaining: dict[str, int] = {}
@@ -119,13 +134,23 @@ def match_pairs(
             try:
                 k0, k1, s = pair_matcher(a, b)
                 size0, size1 = pair_matcher.image(a).stored_size, pair_matcher.image(b).stored_size
-                store.write(a, b, k0, k1, s, size0, size1)
+                fp = (fingerprints[a], fingerprints[b]) if fingerprints is not None else None
+                try:
+                    store.write(a, b, k0, k1, s, size0, size1, fingerprints=fp)
+                except (OSError, RuntimeError) as exc:  # full disk, lost mount: stop, keep what is done
+                    raise OutputWriteError(
+                        f"could not write {store.path} ({type(exc).__name__}: {exc}); the {len(store)} pairs "
+                        "finished before are kept. Free space (or fix the folder) and rerun the same command "
+                        "to resume"
+                    ) from exc
                 report["matched"] += 1
             except ImageLoadError as exc:
                 name = a if str(a) in str(exc) else b
                 report["failed_images"][name] = str(exc)
                 report["failed"][f"{a} {b}"] = str(exc)
                 log.error("unreadable image, skipping its pairs: %s", exc)
+            except OutputWriteError:
+                raise
             except (RuntimeError, ValueError, OSError) as exc:
                 report["failed"][f"{a} {b}"] = f"{type(exc).__name__}: {exc}"
                 log.error("pair %s %s failed: %s", a, b, exc)
@@ -138,16 +163,18 @@ def match_pairs(
     return report
 
 
-def _read_sizes(image_dir: Path, names: Sequence[str], progress: bool) -> tuple[dict, dict]:
-    """Stored (W, H) of every readable image; ``{name: message}`` for unreadable ones."""
-    sizes, bad = {}, {}
+def _read_sizes(image_dir: Path, names: Sequence[str], progress: bool) -> tuple[dict, dict, dict]:
+    """Stored (W, H) and content fingerprint of every readable image; ``{name: message}`` for
+    unreadable ones."""
+    sizes, fingerprints, bad = {}, {}, {}
     for n in _tqdm(names, desc="reading images", unit="img", disable=not progress):
         try:
             sizes[n] = load_image(image_dir / n, exif=False).stored_size
-        except ImageLoadError as exc:
+            fingerprints[n] = file_fingerprint(image_dir / n)
+        except (ImageLoadError, OSError) as exc:
             bad[n] = str(exc)
             log.error("skipping unreadable image: %s", exc)
-    return sizes, bad
+    return sizes, fingerprints, bad
 
 
 def write_tracks(
@@ -190,6 +217,7 @@ def reconstruct(
     overwrite: bool = False,
     seed: int = 0,
     progress: bool = True,
+    fast_mapping: bool = False,
 ) -> dict:
     """Run the whole pipeline (see the module docstring) and return the summary.
 
@@ -213,6 +241,8 @@ def reconstruct(
             matcher settings are the same, and refused when they differ).
         seed: COLMAP's random seed.
         progress: progress bars on stderr.
+        fast_mapping: map with every core; faster, but two runs on the same matches may
+            differ (the default maps on one thread: repeatable).
     Returns:
         the summary dict (also written to ``summary.json``).
     Raises:
@@ -227,7 +257,7 @@ def reconstruct(
 
     with _timed(timings, "images"):
         names = list_images(image_dir)
-        sizes, bad = _read_sizes(image_dir, names, progress)
+        sizes, fingerprints, bad = _read_sizes(image_dir, names, progress)
         names = [n for n in names if n in sizes]
     summary["skipped_images"] = dict(bad)
     if len(names) < 2:
@@ -242,7 +272,7 @@ def reconstruct(
 
     store = PairMatchStore(out / STORE_NAME, pair_matcher.settings(), overwrite=overwrite)
     with _timed(timings, "matching"):
-        report = match_pairs(pair_matcher, pair_list, store, progress=progress)
+        report = match_pairs(pair_matcher, pair_list, store, progress=progress, fingerprints=fingerprints)
     summary["matching"] = {
         "new_pairs": report["matched"],
         "reused_pairs": report["skipped"],
@@ -287,7 +317,7 @@ def reconstruct(
     with _timed(timings, "mapping"):
         rec = run_mapping(
             out / "database.db", image_dir, out / "sfm", seed=seed,
-            refine_intrinsics=refine_intrinsics, options=mapper_options,
+            refine_intrinsics=refine_intrinsics, options=mapper_options, num_threads=-1 if fast_mapping else 1,
         )  # fmt: skip
     summary["model"] = model_statistics(rec, names)
     summary["model"]["path"] = str(out / "sfm") if rec is not None else None

@@ -175,6 +175,7 @@ def merge_conf(defaults: dict, path=None, overrides: list[str] | None = None, *,
         TrainConfigError: unknown keys or unreadable YAML (the message names the file or
             override), or a ``(section, key)`` of ``required`` left unset.
     """
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -187,7 +188,7 @@ def merge_conf(defaults: dict, path=None, overrides: list[str] | None = None, *,
             conf = OmegaConf.merge(conf, OmegaConf.load(path))
         if overrides:
             conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
-    except (OmegaConfBaseException, OSError) as exc:
+    except (OmegaConfBaseException, OSError, yaml.YAMLError) as exc:
         where = " with ".join(x for x in (str(path) if path else "", f"overrides {overrides}" if overrides else "") if x)
         raise TrainConfigError(f"{where}: {exc}".replace("\n", " ")) from None
     for section, key in required:
@@ -590,10 +591,15 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type) if use_scaler else None
 
         start = 0
-        ckpts = self._checkpoints()
-        if ckpts:
-            start = self._load_checkpoint(ckpts[-1])
-            logger.info("resuming %s from %s (step %d)", self.out, ckpts[-1].name, start)
+        for ckpt in reversed(self._checkpoints()):  # newest first; an unreadable one is skipped
+            try:
+                start = self._load_checkpoint(ckpt)
+            except Exception as exc:  # truncated or corrupt (a crash or a full disk while copying)
+                logger.warning("checkpoint %s is unreadable (%s: %s); trying the previous one",
+                               ckpt, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")  # fmt: skip
+                continue
+            logger.info("resuming %s from %s (step %d)", self.out, ckpt.name, start)
+            break
         steps = int(t.steps)
         if start >= steps and (self.out / "model.pth").is_file():
             logger.info("%s is complete (step %d); nothing to do", self.out, start)

@@ -312,6 +312,10 @@ def _cmd_match(args: argparse.Namespace) -> int:
 
 def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
     progress = _Progress(args.quiet)
+    problem = _output_folder_problem(Path(args.out), "--out")
+    if problem:
+        print(f"l2m make-checkpoint: error: {problem}", file=sys.stderr)
+        return 2
     progress(f"building a randomly initialised {args.encoder} matcher (seed {args.seed})"
              + (f", BatchNorm calibrated on {args.calibrate_on}" if args.calibrate_on else ""))
     model = random_matcher(MatcherConfig(encoder=args.encoder), seed=args.seed, calibration_images=args.calibrate_on)
@@ -453,6 +457,9 @@ def _cmd_match_pairs(args: argparse.Namespace) -> int:
         i, n = args.shard
         mine = shard_pairs(pairs, i, n)
         args.out = args.out.replace("{rank}", str(i))
+        problem = _output_folder_problem(Path(args.out).parent, "--out's folder")
+        if problem or Path(args.out).is_dir():
+            raise ValueError(problem or f"--out {args.out} is a folder; give the shard's .h5 file")
         lock = exclusive_lock(args.out + ".lock", args.out)
         lock.__enter__()
     except (FileNotFoundError, ValueError, OSError, LockedError) as exc:
@@ -551,6 +558,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     prog = "l2m synth"
     progress = _Progress(args.quiet)
+    problem = _output_folder_problem(Path(args.out), "--out")
+    if problem:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+        return 2
     try:
         conf = load_config(args.preset, args.set)
         settings = RunSettings(images=args.images, depth=args.depth, pairs_per_image=args.pairs_per_image,
@@ -747,7 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help=f"config overrides, e.g. {example_overrides} train.out=DIR train.steps=100")
         t.add_argument("--overwrite", action="store_true", help=overwrite_help)
-        t.add_argument("--stop-at", type=int, default=None, help="stop with a checkpoint after this step (resume later)")
+        t.add_argument("--stop-at", type=_int_at_least(1), default=None, help="stop with a checkpoint after this step (resume later)")
         t.set_defaults(func=_cmd_train)
 
     train_parser("stage1", "make the encoder 3D-aware: lift single photos to feature-Gaussian fields, "

@@ -296,3 +296,23 @@ def test_a_full_disk_stops_matching_with_a_message_and_keeps_the_finished_pairs(
     assert len(again) == 1
     r = match_pairs(RandomPairMatcher(tmp_path / "img", 20, 0), pairs, again, progress=False)
     assert r["skipped"] == 1 and r["matched"] == 2
+
+
+def test_training_and_generator_arguments_are_checked_first(tmp_path, capsys):
+    from l2m_plugin.cli import main
+
+    conf = ["train", "stage2", "--conf", "configs/train/stage2_tiny.yaml", f"data.root={tmp_path}",
+            f"train.out={tmp_path / 'run'}"]  # fmt: skip
+    assert main([*conf, "train.steps=abc"]) == 2
+    assert "train.steps must be an integer, got 'abc'" in capsys.readouterr().err
+    assert main([*conf, "train.warmup_steps=-1"]) == 2
+    assert "train.warmup_steps must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*conf, "--stop-at", "-3"])
+    assert "argument --stop-at: must be >= 1, got -3" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["synth", "--images", str(tmp_path), "--depth", "synthetic", "--out", str(tmp_path / "file")]) == 2
+    assert "--out" in (err := capsys.readouterr().err) and "is an existing file, not a folder" in err
+    assert main(["make-checkpoint", "--out", str(tmp_path / "file"), "--quiet"]) == 2
+    assert "is an existing file, not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -161,8 +161,21 @@ def load_conf(path=None, overrides: list[str] | None = None):
         raise TrainConfigError(f"train.schedule must be step, cosine or constant, got {t.schedule!r}")
     if conf.data.kind not in ("synth", "megadepth"):
         raise TrainConfigError(f"data.kind must be synth or megadepth, got {conf.data.kind!r}")
-    if int(t.steps) < 1 or int(t.batch_size) < 1:
-        raise TrainConfigError("train.steps and train.batch_size must be >= 1")
+    for key in ("steps", "batch_size", "warmup_steps", "checkpoint_every", "log_every", "stop_at"):
+        value = t.get(key)
+        if value is None and key == "stop_at":
+            continue
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise TrainConfigError(f"train.{key} must be an integer, got {value!r}") from None
+        if number < (0 if key == "warmup_steps" else 1):
+            raise TrainConfigError(f"train.{key} must be >= {0 if key == 'warmup_steps' else 1}, got {number}")
+    for key in ("lr_decoder", "lr_encoder", "weight_decay", "grad_clip"):
+        try:
+            float(t.get(key))
+        except (TypeError, ValueError):
+            raise TrainConfigError(f"train.{key} must be a number, got {t.get(key)!r}") from None
     return conf
 
 

@@ -453,7 +453,7 @@ def load_state_strict(model, sd: Mapping[str, torch.Tensor], what: str) -> None:
             return f"\n  {title} ({len(items)}):\n    {shown}{more}"
 
         raise WeightsError(
-            f"Weights from {what} do not fit the model (encoder={getattr(getattr(model, 'config', None), 'encoder', '?')!r}):"
+            f"Weights from {what} do not fit the model (arch {getattr(getattr(model, 'config', None), 'arch_name', '?')}):"
             + fmt("missing keys", missing)
             + fmt("unexpected keys", unexpected)
             + fmt("shape mismatches", shapes)

@@ -306,3 +306,22 @@ def test_an_unrelated_state_dict_is_named_before_any_download(monkeypatch):
     monkeypatch.setattr(W, "download", no_download)
     with pytest.raises(W.WeightsError, match=r"not an L2M / RoMa matcher checkpoint.*conv1\.weight"):
         load_matcher({"conv1.weight": torch.zeros(1), "fc.bias": torch.zeros(1)})
+
+
+def test_l2m_weights_calls_a_cached_file_of_the_wrong_size_broken(hub_dir, monkeypatch, capsys):
+    from dataclasses import replace
+
+    from l2m_plugin.cli import main
+
+    entry = replace(W.REGISTRY["l2mpp-v1"], size=1000)
+    monkeypatch.setitem(W.REGISTRY, "l2mpp-v1", entry)
+    import l2m_plugin.cli as cli
+
+    monkeypatch.setattr(cli, "REGISTRY", W.REGISTRY, raising=False)
+    path = W.cache_path(entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * 10)  # a download cut short
+    assert main(["weights"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("l2mpp-v1"))
+    assert " broken " in line and "10 bytes, expected 1000: delete it to download again" in out

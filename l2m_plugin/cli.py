@@ -460,22 +460,19 @@ def _cmd_match_pairs(args: argparse.Namespace) -> int:
         problem = _output_folder_problem(Path(args.out).parent, "--out's folder")
         if problem or Path(args.out).is_dir():
             raise ValueError(problem or f"--out {args.out} is a folder; give the shard's .h5 file")
-        lock = exclusive_lock(args.out + ".lock", args.out)
-        lock.__enter__()
-    except (FileNotFoundError, ValueError, OSError, LockedError) as exc:
+    except (FileNotFoundError, ValueError) as exc:
         print(f"l2m match-pairs: error: {exc}", file=sys.stderr)
         return 2
     try:
-        store = PairMatchStore(args.out, pm.settings(), overwrite=args.overwrite)
-        store.set_shard(i, n, pairs)
-        fingerprints = {m: file_fingerprint(image_dir / m) for m in sorted({x for p in mine for x in p})}
-        progress(f"shard {i}/{n}: {len(mine)} of {len(pairs)} pairs -> {args.out}")
-        report = match_pairs(pm, mine, store, progress=not args.quiet, fingerprints=fingerprints)
-    except (FileNotFoundError, ValueError, OSError) as exc:
+        with exclusive_lock(args.out + ".lock", args.out):
+            store = PairMatchStore(args.out, pm.settings(), overwrite=args.overwrite)
+            store.set_shard(i, n, pairs)
+            fingerprints = {m: file_fingerprint(image_dir / m) for m in sorted({x for p in mine for x in p})}
+            progress(f"shard {i}/{n}: {len(mine)} of {len(pairs)} pairs -> {args.out}")
+            report = match_pairs(pm, mine, store, progress=not args.quiet, fingerprints=fingerprints)
+    except (FileNotFoundError, ValueError, OSError, LockedError) as exc:
         print(f"l2m match-pairs: error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        lock.__exit__(None, None, None)
     progress(f"matched {report['matched']} new pairs, {report['skipped']} already done, {len(report['failed'])} failed")
     for pair, why in report["failed"].items():
         progress(f"failed: {pair}: {why}")

@@ -28,6 +28,7 @@ is left at its default (False); this module never changes it. Memory is protecte
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -481,8 +482,6 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     Raises:
         OSError: the file cannot be read.
     """
-    import hashlib
-
     h = hashlib.sha1()
     n = 0
     with open(path, "rb") as f:

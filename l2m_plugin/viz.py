@@ -93,13 +93,8 @@ def draw_matches(
         draw.text((4, height + 28), "certainty0", fill="white")
         draw.text((a.width + 4, height + 28), "certainty1", fill="white")
     if path is not None:
-        _save_png_atomic(canvas, path)
+        write_png(path, canvas)
     return canvas
-
-
-def _save_png_atomic(canvas: Image.Image, path: str | os.PathLike) -> Path:
-    """Write a PNG through a temporary file renamed into place (no half-written pictures)."""
-    return write_png(path, canvas)
 
 
 def draw_reconstruction(rec, path: str | os.PathLike, *, title: str = "", size: int = 900) -> Path:
@@ -152,4 +147,4 @@ def draw_reconstruction(rec, path: str | os.PathLike, *, title: str = "", size: 
             draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=(255, 60, 60))
     if title:
         draw.text((10, 8), title, fill=(235, 235, 235))
-    return _save_png_atomic(canvas, path)
+    return write_png(path, canvas)

@@ -69,6 +69,7 @@ __all__ = [
     "encoder_state_dict",
     "save_checkpoint",
     "save_official_layout",
+    "atomic_torch_save",
     "OFFLINE_ENV",
     "DEFAULT_WEIGHTS",
     "packaged_path",
@@ -463,7 +464,7 @@ def load_state_strict(model, sd: Mapping[str, torch.Tensor], what: str) -> None:
     model.load_state_dict(sd, strict=True, assign=True)
 
 
-def _verified(entry: WeightsEntry | None) -> bool:
+def _registry_file(entry: WeightsEntry | None) -> bool:
     """A registry entry: its file comes from the entry's URL (the authors' release) and is checked
     against the entry's size and SHA-256 where they are published; trusted like the code."""
     return entry is not None
@@ -481,7 +482,7 @@ def encoder_state_dict(encoder_weights: Any, progress: bool = True, trust: bool 
         return unwrap_state_dict(encoder_weights), "<encoder state dict>"
     path = resolve(encoder_weights, progress)
     entry = REGISTRY.get(encoder_weights) if isinstance(encoder_weights, str) else None
-    return unwrap_state_dict(read_checkpoint(path, trust=trust or _verified(entry))), str(path)
+    return unwrap_state_dict(read_checkpoint(path, trust=trust or _registry_file(entry))), str(path)
 
 
 @dataclass(frozen=True)
@@ -550,7 +551,7 @@ def load_weights(
         obj, what, label = weights, "<state dict>", "state-dict"
     else:
         path = resolve(weights, progress)
-        obj, what = read_checkpoint(path, trust=trust_checkpoint or _verified(entry)), str(path)
+        obj, what = read_checkpoint(path, trust=trust_checkpoint or _registry_file(entry)), str(path)
         label = weights if entry is not None else path.name
     if isinstance(obj, Mapping) and obj.get("format") == _FORMAT:
         saved_config = MatcherConfig.from_dict(obj["config"])
@@ -587,7 +588,7 @@ def save_checkpoint(model, path: str | os.PathLike) -> Path:
         "weights_name": model.weights_name,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    return _atomic_save(obj, Path(path))
+    return atomic_torch_save(obj, Path(path))
 
 
 def save_official_layout(model, matcher_path: str | os.PathLike, encoder_path: str | os.PathLike, lightning: bool = False) -> tuple[Path, Path]:
@@ -599,10 +600,11 @@ def save_official_layout(model, matcher_path: str | os.PathLike, encoder_path: s
     matcher, enc = split_official_layout({k: v.detach().cpu() for k, v in model.state_dict().items()})
     if lightning:
         matcher = {"epoch": 0, "global_step": 0, "state_dict": {"model." + k: v for k, v in matcher.items()}}
-    return _atomic_save(matcher, Path(matcher_path)), _atomic_save(enc, Path(encoder_path))
+    return atomic_torch_save(matcher, Path(matcher_path)), atomic_torch_save(enc, Path(encoder_path))
 
 
-def _atomic_save(obj: Any, path: Path) -> Path:
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through :func:`l2m_plugin.files.atomic_path` (no half-written file). Returns the path."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-    return path
+    return Path(path)

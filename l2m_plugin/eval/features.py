@@ -68,9 +68,6 @@ from l2m_plugin.models.features import check_model, encode_level, eval_size, is_
 
 __all__ = [
     "DEFAULT_THRESHOLDS_PX",
-    "eval_size",
-    "level_stride",
-    "encode_level",
     "feature_nn_errors",
     "feature_nn_pck",
     "iter_synth_pairs",

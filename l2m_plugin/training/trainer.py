@@ -47,7 +47,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from l2m_plugin.config import MatcherConfig
-from l2m_plugin.files import atomic_path, atomic_text, config_diff
+from l2m_plugin.files import atomic_text, config_diff
 from l2m_plugin.hardware import cpu_bf16_support
 from l2m_plugin.models.matcher import L2M, load_matcher
 from l2m_plugin.synthesis.homography import HomographyConfig
@@ -59,7 +59,12 @@ from l2m_plugin.training.data import (
     SynthPairs,
 )
 from l2m_plugin.training.losses import LossConfig, RobustLoss
-from l2m_plugin.weights import encoder_state_dict, map_dinov2_keys, save_checkpoint
+from l2m_plugin.weights import (
+    atomic_torch_save,
+    encoder_state_dict,
+    map_dinov2_keys,
+    save_checkpoint,
+)
 
 __all__ = ["TrainConfigError", "DEFAULT_CONF", "load_conf", "build_model", "build_dataset", "Trainer", "train_stage2"]
 
@@ -354,11 +359,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 class Trainer:
     """One stage-2 training run (see the module docstring).
 
@@ -461,7 +461,7 @@ class Trainer:
         """Write the full training state at ``step`` (rank 0; atomic) and prune old checkpoints."""
         path = self.out / "checkpoints" / f"step_{step:07d}.pt"
         if self.rank == 0:
-            _atomic_save(self._state(step), path)
+            atomic_torch_save(self._state(step), path)
             keep = max(1, int(self.conf.train.keep_checkpoints))
             for old in self._checkpoints()[:-keep]:
                 old.unlink(missing_ok=True)

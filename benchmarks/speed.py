@@ -51,6 +51,7 @@ import time
 from pathlib import Path
 
 _DEFAULT_PAIRS = Path(__file__).resolve().parents[1].parent / "shared/data/pairs"
+_DEFAULT_SFM = Path(__file__).resolve().parents[1].parent / "shared/data/sacre_coeur/mapping"
 _IMPLS = ("l2m", "romatch")
 _LABELS = {"l2m": "l2m_plugin", "romatch": "romatch"}
 
@@ -98,6 +99,22 @@ def _parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="l2m_plugin's MatcherConfig.memory_budget_gb (refiners in bands of rows; same output)",
     )
+    p.add_argument(
+        "--sample-sizes",
+        default="5000,20000,100000",
+        help="comma-separated numbers of matches at which the l2m float32 child times sample() "
+        "with the grid and the exact density (the exact one only up to --exact-max); empty: skip",
+    )
+    p.add_argument(
+        "--exact-max", type=int, default=20000, help="largest num for the exact (quadratic) density"
+    )
+    p.add_argument(
+        "--sfm-images",
+        type=str,
+        default=str(_DEFAULT_SFM),
+        help="SfM row: exhaustive pairs of this folder matched as `l2m reconstruct` does (default model, "
+        "encode once, sample, tracks), exact vs grid density; '' to skip",
+    )
     p.add_argument("--json", type=Path, default=None, help="write all results to this JSON file")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of sampling")
     # Internal: run one implementation in this process (used by the parent).
@@ -106,6 +123,10 @@ def _parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.l2m_dtypes = [d.strip() for d in args.l2m_dtypes.split(",") if d.strip()]
+    try:
+        args.sample_sizes = [int(v) for v in args.sample_sizes.split(",") if v.strip()]
+    except ValueError:
+        p.error(f"--sample-sizes takes comma-separated integers, got {args.sample_sizes!r}")
     bad = [d for d in args.l2m_dtypes if d not in ("float32", "bfloat16", "float16")]
     if bad or not args.l2m_dtypes:
         p.error(f"--l2m-dtypes takes float32, bfloat16, float16; got {args.l2m_dtypes}")
@@ -227,6 +248,9 @@ def _run_child(args, impl: str, workdir: Path, dtype: str = "float32") -> dict:
         "--num-matches", str(args.num_matches),
         "--seed", str(args.seed),
         "--dtype", dtype,
+        "--sample-sizes", ",".join(map(str, args.sample_sizes)),
+        "--exact-max", str(args.exact_max),
+        "--sfm-images", "",
     ] + (["--memory-budget-gb", str(args.memory_budget_gb)] if args.memory_budget_gb else [])  # fmt: skip
     subprocess.run(cmd, check=True)
     with open(workdir / f"{_key(impl, dtype)}.json") as f:
@@ -278,7 +302,14 @@ def _fmt(x: float, nd: int = 2) -> str:
     return f"{x:.{nd}f}"
 
 
-def _report(args, settings: dict, results: dict, diffs: dict | None, epes: dict | None = None) -> tuple[str, dict]:
+def _report(
+    args,
+    settings: dict,
+    results: dict,
+    diffs: dict | None,
+    epes: dict | None = None,
+    sfm: list | None = None,
+) -> tuple[str, dict]:
     lines = [
         f"Settings: coarse {args.coarse_res}x{args.coarse_res}, upsample "
         + (f"{args.upsample_res}x{args.upsample_res}" if args.upsample_res else "none")
@@ -326,21 +357,58 @@ def _report(args, settings: dict, results: dict, diffs: dict | None, epes: dict 
     for key in results:
         if key.startswith("l2m-") and "romatch" in results:
             a, b = results[key], results["romatch"]
-            r = {"total_time": a["total_s"] / b["total_s"], "peak_rss": a["peak_rss_gib"] / b["peak_rss_gib"]}
+            r = {
+                "total_time": a["total_s"] / b["total_s"],
+                "peak_rss": a["peak_rss_gib"] / b["peak_rss_gib"],
+            }
             ratios[key] = r
             lines.append(
                 f"{_label(key)} / romatch time: {r['total_time']:.2f} (speed-up {1 / r['total_time']:.2f}x), "
                 f"peak memory: {r['peak_rss']:.2f}"
             )
     if epes:
-        lines += ["", "Warp end-point error where the reference certainty > 0.5 (pixels of the original images):", ""]
-        lines += ["| mode | reference | pixels | mean px | median px | p95 px | share > 0.5 px |", "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "Warp end-point error where the reference certainty > 0.5 (pixels of the original images):",
+            "",
+        ]
+        lines += [
+            "| mode | reference | pixels | mean px | median px | p95 px | share > 0.5 px |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
         for key, e in epes.items():
             if e.get("pixels"):
                 lines.append(
                     f"| {_label(key)} | {_label(e['reference'])} | {e['pixels']} | {e['mean_px']:.3f} | "
                     f"{e['median_px']:.3f} | {e['p95_px']:.3f} | {e['frac_over_0.5px']:.3f} |"
                 )
+    sweep = results.get("l2m", {}).get("sampling")
+    if sweep:
+        lines += [
+            "",
+            "sample() on the l2m_plugin float32 output, by density estimate (l2m_plugin.sampling):",
+            "",
+        ]
+        lines += ["| matches | exact s | grid s | exact / grid |", "|---:|---:|---:|---:|"]
+        for r in sweep:
+            ex = r.get("exact_s")
+            lines.append(
+                f"| {r['num']} | {_fmt(ex, 3) if ex is not None else 'not run (quadratic)'} | {_fmt(r['grid_s'], 3)} | "
+                + (f"{ex / r['grid_s']:.1f}x |" if ex is not None else "|")
+            )
+    if sfm:
+        lines += ["", f"SfM matching as `l2m reconstruct` (default model, {sfm[0]['pairs']} exhaustive pairs of "
+                  f"{args.sfm_images}, encode once, sample({args.num_matches}), tracks):", ""]  # fmt: skip
+        lines += [
+            "| density | match + sample s | tracks s | pairs per minute |",
+            "|---|---:|---:|---:|",
+        ]
+        for r in sfm:
+            lines.append(
+                f"| {r['density']} | {_fmt(r['match_s'], 1)} | {_fmt(r['tracks_s'], 1)} | {_fmt(r['pairs_per_min'], 1)} |"
+            )
+        ratios["sfm_pairs_per_min"] = sfm[-1]["pairs_per_min"] / sfm[0]["pairs_per_min"]
+        lines.append(f"grid / exact pairs per minute: {ratios['sfm_pairs_per_min']:.2f}x")
     if diffs:
         lines += ["", "Equivalence (last run, l2m_plugin vs romatch):", ""]
         lines += ["| output | max abs diff | mean abs diff |", "|---|---:|---:|"]
@@ -389,7 +457,8 @@ def _parent(args) -> None:
         diffs = _compare(workdir) if "l2m" in results and "romatch" in results else None
         ref = "l2m" if "l2m" in results else ("romatch" if "romatch" in results else None)
         epes = {k: _epe(workdir, k, ref, settings) for k in results if k.startswith("l2m-") and ref}
-    table, ratios = _report(args, settings, results, diffs, epes)
+    sfm = _sfm_rows(args) if args.sfm_images else None
+    table, ratios = _report(args, settings, results, diffs, epes, sfm)
     print(table, flush=True)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -401,6 +470,7 @@ def _parent(args) -> None:
                     "ratios": ratios,
                     "equivalence": diffs,
                     "end_point_error": epes,
+                    "sfm": sfm,
                     "table": table,
                 },
                 f,
@@ -472,9 +542,85 @@ def _child_l2m(args, workdir: Path) -> tuple[dict, dict]:
         )
         return len(kp["keypoints0"])
 
-    stats, out = _time_loop(_key("l2m", args.dtype), args, lambda: model.match(args.image0, args.image1), sample)
-    dense = {k: out[k][0].float().contiguous() for k in ("warp0", "warp1", "certainty0", "certainty1")}
+    stats, out = _time_loop(
+        _key("l2m", args.dtype), args, lambda: model.match(args.image0, args.image1), sample
+    )
+    dense = {
+        k: out[k][0].float().contiguous() for k in ("warp0", "warp1", "certainty0", "certainty1")
+    }
+    if args.dtype == "float32" and args.sample_sizes:
+        stats["sampling"] = _sample_sweep(model, out, args)
     return {**load, **stats}, dense
+
+
+def _sample_sweep(model, out, args) -> list[dict]:
+    """sample() time per number of matches and density estimate, on one dense output."""
+    import torch
+
+    rows = []
+    for num in args.sample_sizes:
+        row = {"num": num}
+        for density in ("grid", "exact"):
+            if density == "exact" and num > args.exact_max:
+                continue
+            gc.collect()
+            t = time.perf_counter()
+            kp = model.sample(
+                out, num=num, generator=torch.Generator().manual_seed(args.seed), density=density
+            )
+            row[f"{density}_s"] = time.perf_counter() - t
+            row[f"{density}_matches"] = len(kp["keypoints0"])
+            _log("l2m", f"sample({num}, density={density}): {row[f'{density}_s']:.3f} s")
+        rows.append(row)
+    return rows
+
+
+def _sfm_rows(args) -> list[dict]:
+    """Matching throughput of ``l2m reconstruct``'s first stages on ``args.sfm_images``
+    (exhaustive pairs, the default model, every image encoded once, ``sample``, then track
+    building), with the exact density (before issue 17) and the grid one (after)."""
+    import torch
+
+    from l2m_plugin.config import PRESETS
+    from l2m_plugin.formats.pair_store import PairMatchStore
+    from l2m_plugin.io import list_images, load_image
+    from l2m_plugin.matching.dense import DensePairMatcher
+    from l2m_plugin.models.matcher import load_matcher
+    from l2m_plugin.sfm.pairs import exhaustive_pairs
+    from l2m_plugin.sfm.pipeline import match_pairs, write_tracks
+
+    torch.set_num_threads(args.threads)
+    image_dir = Path(args.sfm_images)
+    names = list_images(image_dir)
+    sizes = {n: load_image(image_dir / n).size for n in names}
+    pairs = exhaustive_pairs(names)
+    rows = []
+    for density in ("exact", "grid"):
+        model = load_matcher(
+            config=PRESETS["l2m-tiny"].replace(sample_density=density), progress=False
+        )
+        with tempfile.TemporaryDirectory(prefix="l2m_speed_sfm_") as tmp:
+            pm = DensePairMatcher(model, image_dir, num_matches=args.num_matches, seed=args.seed)
+            store = PairMatchStore(Path(tmp) / "pair_matches.h5", pm.settings())
+            t = time.perf_counter()
+            match_pairs(pm, pairs, store, progress=False)
+            t_match = time.perf_counter() - t
+            t = time.perf_counter()
+            write_tracks(Path(tmp), list(store.items()), sizes, names, cell_size=4.0)
+            t_tracks = time.perf_counter() - t
+        total = t_match + t_tracks
+        rows.append(
+            {
+                "density": density,
+                "pairs": len(pairs),
+                "match_s": t_match,
+                "tracks_s": t_tracks,
+                "pairs_per_min": 60 * len(pairs) / total,
+            }  # fmt: skip
+        )
+        print(f"SfM ({density} density): {len(pairs)} pairs, match+sample {t_match:.1f} s, tracks {t_tracks:.1f} s, "
+              f"{rows[-1]['pairs_per_min']:.1f} pairs/min", file=sys.stderr, flush=True)  # fmt: skip
+    return rows
 
 
 def _child_romatch(args, workdir: Path) -> tuple[dict, dict]:

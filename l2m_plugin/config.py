@@ -231,6 +231,9 @@ class MatcherConfig:
             certainty logit from the final one (RoMa ``attenuate_cert``).
         sample_thresh: certainties above this count as 1 when drawing samples
             (RoMa "threshold_balanced"); returned scores stay raw.
+        sample_density: the density estimate of balanced sampling: ``"grid"``
+            (linear cost, the default) or ``"exact"`` (RoMa's all-pairs estimate,
+            quadratic); :mod:`l2m_plugin.sampling` gives the method and its error.
         encoder: ViT size: "vitl14" (official models), "vitb14" or "vits14".
         dtype: "float32" (exact), "bfloat16" or "float16": autocast dtype for the
             encoder and refiners; the GP solve always runs in float32. On a CPU
@@ -254,6 +257,7 @@ class MatcherConfig:
     symmetric: bool = True
     attenuate_cert: bool = True
     sample_thresh: float = 0.05
+    sample_density: str = "grid"
     encoder: str = "vitl14"
     dtype: str = "float32"
     normalize: bool = False
@@ -291,6 +295,8 @@ class MatcherConfig:
             raise ValueError(f"memory_budget_gb must be positive or None, got {self.memory_budget_gb}")
         if not 0.0 <= float(self.sample_thresh) <= 1.0:
             raise ValueError(f"sample_thresh must be in [0, 1], got {self.sample_thresh}")
+        if self.sample_density not in ("grid", "exact"):
+            raise ValueError(f"sample_density must be 'grid' or 'exact', got {self.sample_density!r}")
 
     @property
     def arch_config(self) -> ArchConfig:

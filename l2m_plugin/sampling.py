@@ -7,35 +7,176 @@ requested; then a Gaussian kernel density (std 0.1 in the 4-d space of normalise
 match coordinates) is estimated over the candidates and the final matches are
 drawn with probability ``1 / (1 + density)``, candidates with density < 10
 getting 1e-7. Differences from the reference, on purpose: the density is computed
-in float32 in row chunks (the reference uses float16 and a full N x N matrix),
-and the returned score is the raw certainty, not the thresholded one.
+in float32 (the reference uses float16 and a full N x N matrix), and the returned
+score is the raw certainty, not the thresholded one.
+
+Two estimates of that density, the same function up to a small, measured error:
+
+* ``"exact"`` (:func:`kde`): all candidates against all candidates, in row chunks.
+  Quadratic: 20,000 candidates (5,000 matches) cost about 2.4 s on 2 cores,
+  400,000 (100,000 matches) would cost about 15 minutes.
+* ``"grid"`` (:func:`grid_kde`, the default): the candidates are spread on a
+  regular 4-d grid (cell = std / 2) by multilinear ("cloud-in-cell") weights,
+  the grid is smoothed by a separable Gaussian (one small matrix product per
+  axis), and the smoothed grid is read back at each candidate by multilinear
+  interpolation. Linear in the number of candidates plus a fixed cost for the
+  grid (about 2.6 million cells for coordinates in [-1, 1]; candidates more than
+  a quarter of the image outside [-1, 1] are summed exactly instead). Spreading and
+  reading back each blur by a triangle of variance cell^2 / 6, so the Gaussian on
+  the grid has variance std^2 - cell^2 / 3 and the same integral as the exact
+  kernel: the result approximates the exact density with a median relative
+  error of about 0.7% and a maximum of about 5%. The selection probabilities
+  ``1 / (1 + density)`` then differ from the exact ones by a total variation
+  distance of about 0.004, far below what a draw of matches can reveal
+  (``tests/test_sampling.py`` holds the two-sample test and its power check;
+  README "Speed" the pose AUC of both on the benchmarks).
 """
 
 from __future__ import annotations
+
+import itertools
+import math
 
 import torch
 
 from l2m_plugin.coords import normalized_grid, normalized_to_pixel
 
-__all__ = ["kde", "balanced_sample", "sample_matches"]
+__all__ = ["DENSITY_METHODS", "kde", "kde_between", "grid_kde", "balanced_sample", "sample_matches"]
+
+#: the density estimates :func:`balanced_sample` accepts (module docstring).
+DENSITY_METHODS = ("grid", "exact")
 
 
-def kde(x: torch.Tensor, std: float = 0.1, chunk: int = 4096) -> torch.Tensor:
-    """Gaussian kernel density of each row of ``x`` among all rows.
+def kde(x: torch.Tensor, std: float = 0.1, chunk: int | None = None) -> torch.Tensor:
+    """Gaussian kernel density of each row of ``x`` among all rows (exact, quadratic cost).
 
     Args:
         x: (N, D) float points.
         std: kernel standard deviation, in the units of ``x``.
-        chunk: rows processed at once (bounds memory to ``chunk * N`` floats).
+        chunk: rows processed at once (bounds memory to ``chunk * N`` floats);
+            None: as many as fit in 2**26 floats (256 MiB).
     Returns:
         (N,) float32 ``sum_j exp(-|x_i - x_j|^2 / (2 std^2))`` (includes j = i).
     """
+    if chunk is None:
+        return kde_between(x, x, std)
     x = x.float()
     out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
     for i in range(0, x.shape[0], chunk):
         d2 = torch.cdist(x[i : i + chunk], x).square_()
         out[i : i + chunk] = d2.mul_(-1.0 / (2 * std**2)).exp_().sum(dim=-1)
     return out
+
+
+def _corner_weights(frac: torch.Tensor, corner: tuple[int, ...]) -> torch.Tensor:
+    """Multilinear weight of one grid corner for each point: (N, D) fractions -> (N,)."""
+    w = frac[:, 0] if corner[0] else 1.0 - frac[:, 0]
+    for k in range(1, frac.shape[1]):
+        w = w * (frac[:, k] if corner[k] else 1.0 - frac[:, k])
+    return w
+
+
+def grid_kde(
+    x: torch.Tensor,
+    std: float = 0.1,
+    cell: float = 0.5,
+    truncate: float = 4.0,
+    box: float = 1.5,
+) -> torch.Tensor:
+    """Gaussian kernel density of each row of ``x`` among all rows, on a grid (linear cost).
+
+    Approximates :func:`kde` (same kernel, same unnormalised scale: an isolated
+    point has density 1); the method and its accuracy are in the module docstring.
+
+    Args:
+        x: (N, D) float points, D <= 4 (D = 4 for matches: normalised x0, y0, x1, y1).
+        std: kernel standard deviation, in the units of ``x``.
+        cell: grid spacing as a fraction of ``std`` (0.5: a relative error of at
+            most about 5%; smaller is more accurate and costs cell^-D more).
+        truncate: the smoothing kernel is cut at this many standard deviations.
+        box: the grid covers the bounding box of the points inside
+            [-box, box]^D (at most (2 box / (cell std) + 2)^D cells: 14.8 million,
+            59 MB, at the defaults). Points outside it (warps that leave image 1
+            by more than a quarter of its size, rare among candidates) are summed
+            exactly against all points, at a cost of N per such point.
+    Returns:
+        (N,) float32 densities, ``sum_j exp(-|x_i - x_j|^2 / (2 std^2))`` up to the
+        grid's error (exact for the term j = i).
+    Raises:
+        ValueError: ``x`` not (N, D) with N >= 1 and D <= 4, or ``std``, ``cell``
+            or ``box`` out of range.
+    """
+    if x.ndim != 2 or x.shape[0] == 0 or not 1 <= x.shape[1] <= 4:
+        raise ValueError(f"x must be (N, D) with N >= 1 and 1 <= D <= 4, got {tuple(x.shape)}")
+    if not (std > 0 and 0 < cell < 1.5 and box > 0):
+        raise ValueError(
+            f"std and box must be > 0 and cell in (0, 1.5), got {std}, {box} and {cell}"
+        )
+    x = x.float()
+    inside = ((x >= -box) & (x <= box)).all(dim=1)
+    out = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+    if inside.any():
+        out[inside] = _grid_density(x[inside], std, std * cell, truncate)
+    if not inside.all():  # exact sums for the outside points, and their share of the inside ones
+        far, near = x[~inside], x[inside]
+        out[~inside] = kde_between(far, x, std)
+        if len(near):
+            out[inside] += kde_between(near, far, std)
+    return out
+
+
+def kde_between(x: torch.Tensor, y: torch.Tensor, std: float = 0.1) -> torch.Tensor:
+    """``sum_j exp(-|x_i - y_j|^2 / (2 std^2))`` for each row of ``x``: (N, D), (M, D) -> (N,) float32.
+
+    Row chunks bound the memory to 2**26 floats (256 MiB).
+    """
+    x, y = x.float(), y.float()
+    chunk = max(1, 2**26 // max(1, y.shape[0]))
+    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    for i in range(0, x.shape[0], chunk):
+        d2 = torch.cdist(x[i : i + chunk], y).square_()
+        out[i : i + chunk] = d2.mul_(-1.0 / (2 * std**2)).exp_().sum(dim=-1)
+    return out
+
+
+def _grid_density(x: torch.Tensor, std: float, h: float, truncate: float) -> torch.Tensor:
+    """The grid estimate of :func:`grid_kde` for points in a bounded box, spacing ``h``."""
+    n, d = x.shape
+    lo = x.min(dim=0).values
+    # +2 cells per axis: one for the upper corner of the last cell, one for round-off
+    sizes = [int(s / h) + 2 for s in (x.max(dim=0).values - lo).tolist()]
+    u = (x - lo) / h
+    i0 = u.floor().clamp_(min=0)
+    frac = u - i0
+    strides = [math.prod(sizes[k + 1 :]) for k in range(d)]
+    base = (i0.long() * torch.tensor(strides, device=x.device)).sum(dim=1)
+    corners = list(itertools.product((0, 1), repeat=d))
+    offsets = [sum(c * s for c, s in zip(corner, strides, strict=True)) for corner in corners]
+    grid = torch.zeros(math.prod(sizes), dtype=torch.float32, device=x.device)
+    for corner, off in zip(corners, offsets, strict=True):
+        grid.index_add_(0, base + off, _corner_weights(frac, corner))
+    # Gaussian in grid units, narrowed by the two triangle blurs (variance 1/6 each)
+    # and scaled so that its integral is the exact kernel's: sqrt(2 pi) * std.
+    s = std / h
+    s_grid = math.sqrt(s * s - 1.0 / 3.0)
+    radius = math.ceil(truncate * s_grid)
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    scale = s * math.sqrt(2 * math.pi) / float(torch.exp(-taps.square() / (2 * s_grid**2)).sum())
+    grid = grid.view(sizes)
+    for k in range(d):  # zero padding is exact: there is no mass outside the box
+        idx = torch.arange(sizes[k], dtype=torch.float32, device=x.device)
+        diff = idx[:, None] - idx[None, :]
+        kernel = torch.exp(-diff.square() / (2 * s_grid**2)) * (diff.abs() <= radius) * scale
+        grid = (grid.movedim(k, -1) @ kernel).movedim(-1, k)
+    grid = grid.reshape(-1)
+    out = torch.zeros(n, dtype=torch.float32, device=x.device)
+    for corner, off in zip(corners, offsets, strict=True):
+        out += _corner_weights(frac, corner) * grid[base + off]
+    # Each point's own term went through the grid too, where it is worth between about
+    # 0.85 and 1.19 depending on its place in its cell; replace it by the exact 1.
+    g0, g1 = scale, scale * math.exp(-1.0 / (2 * s_grid**2))
+    own = (g0 * (frac.square() + (1 - frac).square()) + 2 * g1 * frac * (1 - frac)).prod(dim=1)
+    return out - own + 1.0
 
 
 def balanced_sample(
@@ -45,6 +186,7 @@ def balanced_sample(
     sample_thresh: float = 0.05,
     balanced: bool = True,
     generator: torch.Generator | None = None,
+    density: str = "grid",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ``num`` matches from dense candidates.
 
@@ -57,13 +199,17 @@ def balanced_sample(
         balanced: apply the density balancing step.
         generator: torch.Generator for reproducible draws (same generator state,
             same matches).
+        density: ``"grid"`` (:func:`grid_kde`, linear cost) or ``"exact"``
+            (:func:`kde`, quadratic, RoMa's estimate); module docstring.
     Returns:
         ``(matches (M, 4), certainty (M,))`` with M <= num; the certainty is raw.
     Raises:
-        ValueError: ``num`` < 1 or mismatched shapes.
+        ValueError: ``num`` < 1, mismatched shapes or an unknown ``density``.
     """
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
+    if density not in DENSITY_METHODS:
+        raise ValueError(f"density must be one of {DENSITY_METHODS}, got {density!r}")
     if matches.ndim != 2 or matches.shape[1] != 4 or certainty.shape != matches.shape[:1]:
         raise ValueError(
             f"expected matches (N, 4) and certainty (N,), got {tuple(matches.shape)} and {tuple(certainty.shape)}"
@@ -80,9 +226,9 @@ def balanced_sample(
     cand, cand_cert = matches[idx], certainty[idx]
     if not balanced:
         return cand, cand_cert
-    density = kde(cand, std=0.1)
-    p = 1.0 / (density + 1.0)
-    p[density < 10] = 1e-7
+    dens = grid_kde(cand, std=0.1) if density == "grid" else kde(cand, std=0.1)
+    p = 1.0 / (dens + 1.0)
+    p[dens < 10] = 1e-7
     keep = torch.multinomial(p, min(num, len(cand)), replacement=False, generator=generator)
     return cand[keep], cand_cert[keep]
 
@@ -96,6 +242,7 @@ def sample_matches(
     batch_index: int = 0,
     frame: str = "stored",
     balanced: bool = True,
+    density: str = "grid",
 ) -> dict:
     """Sparse matches from a dense matcher's output (the body of ``L2M.sample``).
 
@@ -103,7 +250,7 @@ def sample_matches(
         out: dict with ``warp0`` (B, H, W, 2), ``certainty0`` (B, H, W), optional
             ``warp1``/``certainty1`` (symmetric), ``size0``/``size1`` (W, H) of the
             images in pixels, optional ``images`` (two :class:`~l2m_plugin.io.LoadedImage`).
-        num, sample_thresh, generator, balanced: see :func:`balanced_sample`.
+        num, sample_thresh, generator, balanced, density: see :func:`balanced_sample`.
         batch_index: which pair of the batch.
         frame: ``"stored"`` (keypoints in the stored pixel grid, before EXIF
             orientation, when ``out["images"]`` is present) or ``"upright"``.
@@ -126,7 +273,7 @@ def sample_matches(
         matches.append(torch.cat((warp1, grid1), dim=-1).reshape(-1, 4))
         certs.append(cert1.reshape(-1))
     m, c = balanced_sample(
-        torch.cat(matches), torch.cat(certs), num, sample_thresh, balanced, generator
+        torch.cat(matches), torch.cat(certs), num, sample_thresh, balanced, generator, density
     )
     (w0, h0), (w1, h1) = out["size0"], out["size1"]
     k0 = normalized_to_pixel(m[:, :2].float(), w0, h0)

@@ -93,7 +93,7 @@ def test_forward_rejects_malformed_tensors(model):
 BAD_FLAGS = [
     (["--seed", "-1"], "argument --seed: must be >= 0"),
     (["--num-matches", "0"], "argument --num-matches: must be >= 1"),
-    (["--num-matches", "10000000"], "is above 20000: sampling cost grows with the square"),
+    (["--num-matches", "10000000"], "is above 100000: balanced sampling draws 4x"),
     (["--coarse-res", "abc"], "argument --coarse-res: expected N or HxW"),
     (["--coarse-res", "0"], "argument --coarse-res: must be a positive size"),
     (["--upsample-res", "-8"], "argument --upsample-res: must be positive"),

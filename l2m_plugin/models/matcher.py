@@ -363,6 +363,7 @@ class L2M(nn.Module):
         batch_index: int = 0,
         frame: str = "stored",
         balanced: bool = True,
+        density: str | None = None,
     ) -> dict:
         """Draw sparse matches from a dense output (balanced sampling, see :mod:`l2m_plugin.sampling`).
 
@@ -376,17 +377,20 @@ class L2M(nn.Module):
                 ``"upright"``: in the EXIF-rotated image the network saw. Tensor
                 inputs have no EXIF, so both frames coincide.
             balanced: apply RoMa's density balancing (else plain certainty draw).
+            density: ``"grid"`` or ``"exact"`` density estimate for the balancing;
+                None: ``config.sample_density``.
         Returns:
             dict: ``keypoints0`` (M, 2) and ``keypoints1`` (M, 2) float32 pixel
             coordinates in each original image, COLMAP convention (top-left corner
             at (0, 0), pixel centres at i + 0.5); ``certainty`` (M,) float32 raw
             certainty in [0, 1] (never clipped or thresholded).
         Raises:
-            ValueError: unknown frame or num < 1.
+            ValueError: unknown frame or density, or num < 1.
         """
         return sample_matches(
             out, num, self.config.sample_thresh,
             generator=generator, batch_index=batch_index, frame=frame, balanced=balanced,
+            density=density or self.config.sample_density,
         )  # fmt: skip
 
 

@@ -26,7 +26,7 @@ from hloc.utils.base_model import BaseModel
 from l2m_plugin.coords import pixel_to_hloc
 from l2m_plugin.matching.build import build_matcher
 
-_OVERRIDES = ("coarse_res", "upsample_res", "dtype", "sample_thresh")
+_OVERRIDES = ("coarse_res", "upsample_res", "dtype", "sample_thresh", "sample_density")
 
 
 class L2MDense(BaseModel):
@@ -44,7 +44,7 @@ class L2MDense(BaseModel):
             RoMa), else :class:`l2m_plugin.weights.ArchitectureMismatchError`.
         config: instead of ``preset``: a matcher config YAML path
             (``configs/matcher/*.yaml``), a dict of MatcherConfig fields or a MatcherConfig.
-        coarse_res, upsample_res, dtype, sample_thresh: :class:`MatcherConfig`
+        coarse_res, upsample_res, dtype, sample_thresh, sample_density: :class:`MatcherConfig`
             overrides (None: keep the preset's value). Only valid when loading weights.
         max_num_matches: matches drawn per pair by ``matcher.sample`` (balanced
             sampling; fewer when fewer pixels have certainty > 0).
@@ -69,6 +69,7 @@ class L2MDense(BaseModel):
         "upsample_res": None,
         "dtype": None,
         "sample_thresh": None,
+        "sample_density": None,
         "max_num_matches": 5000,
         "seed": 0,
         "matcher": None,

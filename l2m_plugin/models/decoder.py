@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from l2m_plugin.config import ARCH_PRESETS
 from l2m_plugin.coords import normalized_grid, pixel_to_index
+from l2m_plugin.models.fused import can_fold, run_layers
 
 __all__ = [
     "cosine_kernel",
@@ -361,7 +362,9 @@ class ConvRefiner(nn.Module):
         if not torch.is_grad_enabled():
             d = d.contiguous(memory_format=torch.channels_last)
         del parts, f1_at_warp
-        d = self.hidden_blocks(self.block1(d))
+        fold = can_fold(self)  # inference: BatchNorm folded into the depth-wise convs (models.fused)
+        for block in (self.block1, *self.hidden_blocks):
+            d = run_layers(d, block, fold)
         d = self.out_conv(d.float())
         return d[:, :-1], d[:, -1:]
 
@@ -571,12 +574,13 @@ class Decoder(nn.Module):
         out: dict = {}
         for s in scales:
             ins = int(s)
-            a = self.proj[s](f0[ins].float())
+            fold = can_fold(self)
+            a = run_layers(f0[ins].float(), self.proj[s], fold)
             if f1 is None:  # symmetric batch [images 0, images 1]: the other side is the swap
                 half = a.shape[0] // 2
                 c = torch.cat((a[half:], a[:half]))
             else:
-                c = self.proj[s](f1[ins].float())
+                c = run_layers(f1[ins].float(), self.proj[s], fold)
             gm = {}
             if init is None and s == self.scales[0]:
                 if s == "16":

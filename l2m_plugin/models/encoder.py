@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from l2m_plugin.config import ARCH_PRESETS, VIT_CONFIGS
+from l2m_plugin.models.fused import can_fold, run_layers
 
 __all__ = ["VGG19Pyramid", "DinoV2Encoder", "SmallCNNPyramid", "CoarseCNN", "SmallViT", "Encoder"]
 
@@ -52,12 +53,18 @@ class VGG19Pyramid(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         feats: dict[int, torch.Tensor] = {}
         scale = 1
+        fold = can_fold(self)  # inference: BatchNorm folded into each conv (models.fused)
+        stage: list[nn.Module] = []
         for layer in self.layers:
-            if isinstance(layer, nn.MaxPool2d):
-                feats[scale] = x
-                scale *= 2
-                if scale > 8:
-                    break
+            if not isinstance(layer, nn.MaxPool2d):
+                stage.append(layer)
+                continue
+            x = run_layers(x, stage, fold)
+            stage = []
+            feats[scale] = x
+            scale *= 2
+            if scale > 8:
+                break
             x = layer(x)
         return feats
 
@@ -149,7 +156,7 @@ class SmallCNNPyramid(nn.Module):
         for i, stage in enumerate(self.stages):
             if i:
                 x = self.pool(x)
-            x = stage(x)
+            x = run_layers(x, stage, can_fold(self))
             feats[2**i] = x
         return feats
 
@@ -166,7 +173,7 @@ class CoarseCNN(nn.Module):
         self.convs = nn.Sequential(*[_conv_bn_relu(in_dim if k == 0 else dim, dim) for k in range(convs)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.convs(self.pool(x))
+        return run_layers(self.pool(x), self.convs, can_fold(self))
 
 
 class SmallViT(nn.Module):

@@ -156,9 +156,9 @@ REGISTRY: dict[str, WeightsEntry] = {
     for e in (
         WeightsEntry(
             "l2m-tiny", "matcher", "", "l2m_tiny.pth", packaged="assets/l2m_tiny.pth", preset="l2m-tiny",
-            sha256="12a194f4fa538b231ff001e41143b1b73da8f7efc1e7a17cf7bba676a6fcfc74", size=5183435,
+            sha256="6e47478046256a9627dd4c819191d5272f4b35ac4f90cbf060d09db3cbcf2a61", size=5183435,
             source="trained by l2m-plugin: configs/train/stage2_tiny_ds.yaml (1,600 steps), then "
-            "configs/train/stage2_tiny_ds_ft.yaml (1,200 steps) on l2m synth and homography pairs from "
+            "configs/train/stage2_tiny_ds_ft.yaml (all 2,400 steps) on l2m synth and homography pairs from "
             "../shared/data/single_view (README, l2m-tiny)",
         ),
         WeightsEntry(

@@ -357,10 +357,23 @@ class ConvRefiner(nn.Module):
         if self.local_corr_radius:
             parts.append(local_correlation(f0, f1, warp, self.local_corr_radius, size=(h, w)))
         # channels-last: the depth-wise convolutions run about 1.5x faster on CPU, same numbers;
-        # not when training: their backward pass is then 1.5-2.5x slower (measured on CPU)
-        d = torch.cat(parts, dim=1)
-        if not torch.is_grad_enabled():
-            d = d.contiguous(memory_format=torch.channels_last)
+        # not when training: their backward pass is then 1.5-2.5x slower (measured on CPU).
+        # Each part is written straight into the channels-last input (one pass, not a
+        # concatenation and then a layout copy).
+        if torch.is_grad_enabled():
+            d = torch.cat(parts, dim=1)
+        else:
+            dtype = parts[0].dtype
+            for p in parts[1:]:
+                dtype = torch.promote_types(dtype, p.dtype)
+            d = torch.empty(
+                (b, sum(p.shape[1] for p in parts), a1 - a0, w), dtype=dtype, device=f0.device,
+                memory_format=torch.channels_last,
+            )  # fmt: skip
+            c0 = 0
+            for p in parts:
+                d[:, c0 : c0 + p.shape[1]].copy_(p)
+                c0 += p.shape[1]
         del parts, f1_at_warp
         fold = can_fold(self)  # inference: BatchNorm folded into the depth-wise convs (models.fused)
         for block in (self.block1, *self.hidden_blocks):
@@ -574,13 +587,14 @@ class Decoder(nn.Module):
         out: dict = {}
         for s in scales:
             ins = int(s)
-            fold = can_fold(self)
-            a = run_layers(f0[ins].float(), self.proj[s], fold)
+            # (not folded: the GP and the anchor classifier end in an argmax that the
+            # smallest change of round-off can flip at a near-tie, away from romatch)
+            a = self.proj[s](f0[ins].float())
             if f1 is None:  # symmetric batch [images 0, images 1]: the other side is the swap
                 half = a.shape[0] // 2
                 c = torch.cat((a[half:], a[:half]))
             else:
-                c = run_layers(f1[ins].float(), self.proj[s], fold)
+                c = self.proj[s](f1[ins].float())
             gm = {}
             if init is None and s == self.scales[0]:
                 if s == "16":

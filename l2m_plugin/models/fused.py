@@ -3,7 +3,7 @@
 In eval mode a BatchNorm is an affine map per channel, ``y = (x - mean) * s + beta``
 with ``s = gamma / sqrt(var + eps)``, so ``BN(conv(x))`` is one convolution with
 weight ``W * s`` and bias ``(b - mean) * s + beta``; a following ReLU is applied in
-place. That removes two full passes over every activation map (the BN and a
+place, or as oneDNN's post-op of the convolution (float32 on CPU). That removes two full passes over every activation map (the BN and a
 separate ReLU output), which on CPU cost as much as the depth-wise convolutions of
 the refiners themselves: one refiner block at 432 x 432 x 144 channels went from
 273 to 202 ms in float32 (2 cores, ``benchmarks/speed.py`` has the whole-model
@@ -57,10 +57,27 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, tor
     return weight, bias
 
 
-def _conv(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def _onednn_relu_ok(x: torch.Tensor) -> bool:
+    """oneDNN's convolution with a fused ReLU applies: float32 on CPU, no autocast."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    )
+
+
+def _conv(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
     if conv.padding_mode != "zeros":
         raise ValueError(f"fused convolution supports zero padding only, got {conv.padding_mode!r}")
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if relu and _onednn_relu_ok(x):
+        # the ReLU as oneDNN's post-op: one pass over the output instead of two
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, "relu", [], ""
+        )
+    y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return y.relu_() if relu else y
 
 
 def run_layers(x: torch.Tensor, layers: Sequence[nn.Module], fold: bool) -> torch.Tensor:
@@ -80,11 +97,9 @@ def run_layers(x: torch.Tensor, layers: Sequence[nn.Module], fold: bool) -> torc
         m = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
         if fold and isinstance(m, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d):
-            x = _conv(x, m, *fold_conv_bn(m, nxt))
-            i += 2
-            if i < len(layers) and isinstance(layers[i], nn.ReLU):
-                x = x.relu_()
-                i += 1
+            relu = i + 2 < len(layers) and isinstance(layers[i + 2], nn.ReLU)
+            x = _conv(x, m, *fold_conv_bn(m, nxt), relu=relu)
+            i += 3 if relu else 2
             continue
         x = m(x)
         i += 1

@@ -2,12 +2,15 @@
 
 In eval mode a BatchNorm is an affine map per channel, ``y = (x - mean) * s + beta``
 with ``s = gamma / sqrt(var + eps)``, so ``BN(conv(x))`` is one convolution with
-weight ``W * s`` and bias ``(b - mean) * s + beta``; a following ReLU is applied in
-place, or as oneDNN's post-op of the convolution (float32 on CPU). That removes two full passes over every activation map (the BN and a
-separate ReLU output), which on CPU cost as much as the depth-wise convolutions of
-the refiners themselves: one refiner block at 432 x 432 x 144 channels went from
-273 to 202 ms in float32 (2 cores, ``benchmarks/speed.py`` has the whole-model
-numbers). Same function, different round-off (about 5e-7 relative per block).
+weight ``W * s`` and bias ``(b - mean) * s + beta``; a following ReLU runs as
+oneDNN's post-op of that convolution (float32 on CPU) or in place. That removes two
+full passes over every activation map (the BN and a separate ReLU output), which on
+CPU cost as much as the depth-wise convolutions of the refiners themselves: one
+refiner block at 432 x 432 x 144 channels went from 273 to 198 ms in float32 (2
+cores; README "Speed" has the whole-model numbers). Same function, different
+round-off (about 5e-7 relative per block). Not used for the projections in front of
+the GP matcher: its anchor classifier ends in an argmax that a changed round-off can
+flip at a near-tie (``models.decoder``).
 
 Used only where it cannot change training: modules in eval mode with autograd off
 (``torch.inference_mode`` / ``torch.no_grad``), which is how :class:`~l2m_plugin.L2M`

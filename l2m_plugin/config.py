@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ArchConfig", "ARCH_PRESETS", "VIT_CONFIGS", "MatcherConfig", "PRESETS", "resolve_config"]
+__all__ = ["ArchConfig", "ARCH_PRESETS", "VIT_CONFIGS", "DENSITY_METHODS", "MatcherConfig", "PRESETS", "resolve_config"]
 
 #: DINOv2 ViT name -> (timm architecture, embedding dim)
 VIT_CONFIGS: dict[str, tuple[str, int]] = {
@@ -37,6 +37,9 @@ VIT_CONFIGS: dict[str, tuple[str, int]] = {
     "vitb14": ("vit_base_patch14_dinov2", 768),
     "vitl14": ("vit_large_patch14_dinov2", 1024),
 }
+
+#: the density estimates of balanced sampling (``MatcherConfig.sample_density``, l2m_plugin.sampling)
+DENSITY_METHODS = ("grid", "exact")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -295,7 +298,7 @@ class MatcherConfig:
             raise ValueError(f"memory_budget_gb must be positive or None, got {self.memory_budget_gb}")
         if not 0.0 <= float(self.sample_thresh) <= 1.0:
             raise ValueError(f"sample_thresh must be in [0, 1], got {self.sample_thresh}")
-        if self.sample_density not in ("grid", "exact"):
+        if self.sample_density not in DENSITY_METHODS:
             raise ValueError(f"sample_density must be 'grid' or 'exact', got {self.sample_density!r}")
 
     @property

@@ -43,12 +43,10 @@ import math
 
 import torch
 
+from l2m_plugin.config import DENSITY_METHODS
 from l2m_plugin.coords import normalized_grid, normalized_to_pixel
 
-__all__ = ["DENSITY_METHODS", "kde", "kde_between", "grid_kde", "balanced_sample", "sample_matches"]
-
-#: the density estimates :func:`balanced_sample` accepts (module docstring).
-DENSITY_METHODS = ("grid", "exact")
+__all__ = ["kde", "kde_between", "grid_kde", "balanced_sample", "sample_matches"]
 
 
 def kde(x: torch.Tensor, std: float = 0.1, chunk: int | None = None) -> torch.Tensor:
@@ -60,16 +58,10 @@ def kde(x: torch.Tensor, std: float = 0.1, chunk: int | None = None) -> torch.Te
         chunk: rows processed at once (bounds memory to ``chunk * N`` floats);
             None: as many as fit in 2**26 floats (256 MiB).
     Returns:
-        (N,) float32 ``sum_j exp(-|x_i - x_j|^2 / (2 std^2))`` (includes j = i).
+        (N,) float32 ``sum_j exp(-|x_i - x_j|^2 / (2 std^2))`` (includes j = i);
+        romatch 0.1.2 ``utils/kde.py`` in float32.
     """
-    if chunk is None:
-        return kde_between(x, x, std)
-    x = x.float()
-    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    for i in range(0, x.shape[0], chunk):
-        d2 = torch.cdist(x[i : i + chunk], x).square_()
-        out[i : i + chunk] = d2.mul_(-1.0 / (2 * std**2)).exp_().sum(dim=-1)
-    return out
+    return kde_between(x, x, std, chunk)
 
 
 def _corner_weights(frac: torch.Tensor, corner: tuple[int, ...]) -> torch.Tensor:
@@ -129,13 +121,24 @@ def grid_kde(
     return out
 
 
-def kde_between(x: torch.Tensor, y: torch.Tensor, std: float = 0.1) -> torch.Tensor:
-    """``sum_j exp(-|x_i - y_j|^2 / (2 std^2))`` for each row of ``x``: (N, D), (M, D) -> (N,) float32.
+def kde_between(
+    x: torch.Tensor, y: torch.Tensor, std: float = 0.1, chunk: int | None = None
+) -> torch.Tensor:
+    """Gaussian kernel sums of each row of ``x`` over the rows of ``y`` (exact, cost N * M).
 
-    Row chunks bound the memory to 2**26 floats (256 MiB).
+    Args:
+        x: (N, D) float points; y: (M, D) float points, same D and device.
+        std: kernel standard deviation, in the units of the points.
+        chunk: rows of ``x`` processed at once (memory ``chunk * M`` floats);
+            None: as many as fit in 2**26 floats (256 MiB).
+    Returns:
+        (N,) float32 ``sum_j exp(-|x_i - y_j|^2 / (2 std^2))``.
+    Raises:
+        RuntimeError: (from ``torch.cdist``) ``x`` and ``y`` differ in D.
     """
     x, y = x.float(), y.float()
-    chunk = max(1, 2**26 // max(1, y.shape[0]))
+    if chunk is None:
+        chunk = max(1, 2**26 // max(1, y.shape[0]))
     out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
     for i in range(0, x.shape[0], chunk):
         d2 = torch.cdist(x[i : i + chunk], y).square_()
@@ -156,9 +159,10 @@ def _grid_density(x: torch.Tensor, std: float, h: float, truncate: float) -> tor
     base = (i0.long() * torch.tensor(strides, device=x.device)).sum(dim=1)
     corners = list(itertools.product((0, 1), repeat=d))
     offsets = [sum(c * s for c, s in zip(corner, strides, strict=True)) for corner in corners]
+    weights = [_corner_weights(frac, corner) for corner in corners]  # spreading and reading back
     grid = torch.zeros(math.prod(sizes), dtype=torch.float32, device=x.device)
-    for corner, off in zip(corners, offsets, strict=True):
-        grid.index_add_(0, base + off, _corner_weights(frac, corner))
+    for w, off in zip(weights, offsets, strict=True):
+        grid.index_add_(0, base + off, w)
     # Gaussian in grid units, narrowed by the two triangle blurs (variance 1/6 each)
     # and scaled so that its integral is the exact kernel's: sqrt(2 pi) * std.
     s = std / h
@@ -174,8 +178,8 @@ def _grid_density(x: torch.Tensor, std: float, h: float, truncate: float) -> tor
         grid = (grid.movedim(k, -1) @ kernel).movedim(-1, k)
     grid = grid.reshape(-1)
     out = torch.zeros(n, dtype=torch.float32, device=x.device)
-    for corner, off in zip(corners, offsets, strict=True):
-        out += _corner_weights(frac, corner) * grid[base + off]
+    for w, off in zip(weights, offsets, strict=True):
+        out += w * grid[base + off]
     # Each point's own term went through the grid too, where it is worth between about
     # 0.85 and 1.19 depending on its place in its cell; replace it by the exact 1.
     g0, g1 = scale, scale * math.exp(-1.0 / (2 * s_grid**2))

@@ -233,6 +233,17 @@ def _loss_falls(tmp_path):
     assert np.mean(loss[-6:]) < 0.85 * np.mean(loss[:6]), loss  # it regresses the lifted targets (0.75 seen)
 
 
+def test_stage1_cosine_loss_is_one_minus_the_logged_cosine(photos, tmp_path):
+    """train.loss=cosine optimises 1 - cosine (the logged cosine rises); L1 is still logged."""
+    Stage1Trainer(_s1conf(photos, tmp_path / "run", steps=8, loss="cosine")).run()
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    col = {k: [float(r.split(",")[header.index(k)]) for r in rows[1:]] for k in ("loss", "cosine", "l1")}
+    assert len(col["loss"]) == 8
+    assert np.allclose(col["loss"], 1.0 - np.array(col["cosine"]), atol=1e-6)
+    assert np.mean(col["cosine"][-3:]) > np.mean(col["cosine"][:3]) and all(v > 0 for v in col["l1"])
+
+
 def test_stage1_resume_equals_an_uninterrupted_run(photos, tmp_path):
     full = Stage1Trainer(_s1conf(photos, tmp_path / "full", steps=4)).run()
     cut = tmp_path / "cut"
@@ -271,6 +282,8 @@ def test_stage1_config_errors_name_the_key(tmp_path):
         load_stage1_conf(None, ["data.images=I", "train.out=O", "train.trainable=decoder"])
     with pytest.raises(TrainConfigError, match="itrs"):
         load_stage1_conf(None, ["data.images=I", "train.out=O", "fit.itrs=3"])
+    with pytest.raises(TrainConfigError, match="train.loss must be l1 or cosine"):
+        load_stage1_conf(None, ["data.images=I", "train.out=O", "train.loss=l2"])
     big = REPO / "configs" / "train" / "stage1_l2m.yaml"
     conf = load_stage1_conf(big, ["data.images=I", "train.out=O"])
     assert conf.data.depth == "transformers"  # the GPU recipe: real monocular depth, not synthetic

@@ -64,6 +64,7 @@ STAGE1_DEFAULT_CONF: dict[str, Any] = {
         "steps": 500,
         "batch_size": 8,            # views per process
         "seed": 0,
+        "loss": "l1",               # l1 (FiT3D) | cosine: 1 - cosine similarity per cell (ours; the metric of matching)
         "lr": 1.0e-5,               # FiT3D fine-tuning: AdamW, lr 1e-5, weight decay 1e-4
         "weight_decay": 1.0e-4,
         "warmup_steps": 0,
@@ -114,6 +115,8 @@ def load_stage1_conf(path=None, overrides: list[str] | None = None):
         raise TrainConfigError(f"train.level must be 16 or a CNN stride (1, 2, 4, 8), got {t.level}")
     if t.trainable == "coarse" and int(t.level) != 16:
         raise TrainConfigError("train.trainable=coarse trains the stride-16 module: use train.level=16, or trainable=all")
+    if t.loss not in ("l1", "cosine"):
+        raise TrainConfigError(f"train.loss must be l1 or cosine, got {t.loss!r}")
     if t.amp not in ("auto", "bf16", "fp16", "none"):
         raise TrainConfigError(f"train.amp must be auto, bf16, fp16 or none, got {t.amp!r}")
     if t.schedule not in ("step", "cosine", "constant"):
@@ -250,15 +253,17 @@ class Stage1Trainer(Trainer):
             )
         m = valid[:, None].float()
         n = (m.sum() * pred.shape[1]).clamp_min(1.0)
-        loss = ((pred - target).abs() * m).sum() / n
-        with torch.no_grad():
-            cos = torch.nn.functional.cosine_similarity(pred, target, dim=1)
-            cos = float((cos * valid).sum() / valid.sum().clamp_min(1))
-        return loss, {"loss": float(loss.detach()), "cosine": cos, "valid_fraction": float(valid.float().mean())}, x.shape[0]
+        l1 = ((pred - target).abs() * m).sum() / n
+        cos_map = torch.nn.functional.cosine_similarity(pred, target, dim=1)
+        cos = (cos_map * valid).sum() / valid.sum().clamp_min(1)
+        loss = l1 if self.conf.train.loss == "l1" else 1.0 - cos
+        stats = {"loss": float(loss.detach()), "l1": float(l1.detach()), "cosine": float(cos.detach()),
+                 "valid_fraction": float(valid.float().mean())}  # fmt: skip
+        return loss, stats, x.shape[0]
 
     @staticmethod
     def _postfix(stats: dict) -> dict:
-        return {"l1": f"{stats['loss']:.4f}", "cos": f"{stats['cosine']:.3f}"}
+        return {"l1": f"{stats['l1']:.4f}", "cos": f"{stats['cosine']:.3f}"}
 
 
 def train_stage1(conf_path=None, overrides: list[str] | None = None, overwrite: bool = False):

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import sys
 import time
@@ -133,17 +132,12 @@ def report(res: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 def main(argv=None) -> int:
     args = _parse_args(argv)
     torch.set_num_threads(args.threads)
     from l2m_plugin.eval.features import DEFAULT_THRESHOLDS_PX, feature_nn_pck, iter_synth_pairs
+    from l2m_plugin.files import atomic_text
 
     for d in args.synth:
         if not d.is_dir():
@@ -181,8 +175,8 @@ def main(argv=None) -> int:
     res["seconds"] = round(time.perf_counter() - t0, 1)
     md = report(res)
     print(md)
-    _write_atomic(args.out / "feature_pck.json", json.dumps(res, indent=2))
-    _write_atomic(args.out / "feature_pck.md", md + "\n")
+    atomic_text(args.out / "feature_pck.json", json.dumps(res, indent=2))
+    atomic_text(args.out / "feature_pck.md", md + "\n")
     print(f"wrote {args.out / 'feature_pck.json'} and {args.out / 'feature_pck.md'}", file=sys.stderr)
     return 0
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import sys
 import time
@@ -101,21 +100,28 @@ def _consistency(f0: torch.Tensor, fv: torch.Tensor, query: torch.Tensor, gt: to
 
 def score_view(feats: dict, warp: torch.Tensor, valid: torch.Tensor, cells_ok0: torch.Tensor, cells_ok1: torch.Tensor,
                size1: tuple[int, int]) -> dict:  # fmt: skip
-    """Per row name: error_px (Q,), mutual (Q,), consistency (float), on the same queries and keys."""
-    from l2m_plugin.eval.features import feature_nn_errors
-    from l2m_plugin.geometry import normalized_grid
+    """Score every row of one (source view, novel view) pair on the same queries and keys.
 
-    h, w = cells_ok0.shape
+    Args:
+        feats: row name -> ((C, h, w), (C, h, w)) float features of the source and the novel view.
+        warp: (H, W, 2) float normalised (x, y) in the novel view of each source pixel centre
+            (``align_corners=False``); valid: (H, W) bool, where it holds and is scored.
+        cells_ok0, cells_ok1: (h, w) float {0, 1}: cells kept (the others are zeroed).
+        size1: (W, H) of the novel view in pixels.
+    Returns:
+        row name -> ``error_px`` (Q,) float32 pixels, ``mutual`` (Q,) bool, ``ceiling_px``
+        (Q,) float32 (see :func:`~l2m_plugin.eval.features.feature_nn_errors`) and
+        ``consistency`` (float, mean cosine).
+    """
+    from l2m_plugin.eval.features import feature_nn_errors
+
     out = {}
     for name, (f0, f1) in feats.items():
         f0 = f0 * cells_ok0
         f1 = f1 * cells_ok1
         r = feature_nn_errors(f0, f1, warp, valid, size1, thresholds_px=THRESHOLDS_PX)
-        gt = F.grid_sample(torch.where(valid[..., None], warp, 0.0).permute(2, 0, 1)[None].float(),
-                           normalized_grid(h, w)[None], mode="bilinear", align_corners=False)  # fmt: skip
-        gt = gt[0].permute(1, 2, 0).reshape(-1, 2)[r["query"]]
-        out[name] = {"error_px": r["error_px"], "mutual": r["mutual"], "consistency": _consistency(f0, f1, r["query"], gt),
-                     "ceiling_px": r["ceiling_px"]}  # fmt: skip
+        out[name] = {"error_px": r["error_px"], "mutual": r["mutual"], "ceiling_px": r["ceiling_px"],
+                     "consistency": _consistency(f0, f1, r["query"], r["gt"])}  # fmt: skip
     return out
 
 
@@ -125,10 +131,12 @@ def main(argv=None) -> int:
     from omegaconf import OmegaConf
 
     from l2m_plugin import L2M
+    from l2m_plugin.files import atomic_text
     from l2m_plugin.geometry import warp_from_depth
-    from l2m_plugin.lifting import FitConfig, fit_scene, synthesize_views
+    from l2m_plugin.lifting import FitConfig, fit_scene
+    from l2m_plugin.lifting.dataset import photo_views
     from l2m_plugin.models.features import encode_level
-    from l2m_plugin.synthesis import SYNTH_PRESETS, synthetic_depth
+    from l2m_plugin.synthesis import SYNTH_PRESETS
     from l2m_plugin.synthesis.generate import RunSettings, SourceLoader, source_listing
     from l2m_plugin.training.stage1 import load_stage1_conf
 
@@ -155,14 +163,10 @@ def main(argv=None) -> int:
     fit_stats: dict[str, list] = {name: [] for name, _ in variants}
     t0 = time.perf_counter()
     for i, rel in enumerate(names):
-        img, depth, sky, _ = loader.load(rel)
-        rng = np.random.default_rng([int(t.seed), i])
-        z = depth if depth is not None else synthetic_depth(img.shape[1::-1], rng, synth_conf.depth, img)
-        sv = synthesize_views(img, z, int(d.views), synth_conf, rng, sky_mask=sky)
+        sv, feats = photo_views(teacher, loader, rel, i, views=int(d.views), synth_conf=synth_conf, level=level,
+                                seed=int(t.seed))  # fmt: skip  # the views lift_photos made: (V, C, h, w)
         x = torch.from_numpy(sv.images).permute(0, 3, 1, 2).float().div(255.0)
-        size = tuple(x.shape[-2:])
-        feats = encode_level(teacher, x, size, level)  # (V, C, h, w)
-        other_feats = {spec: encode_level(m, x, size, level) for spec, m in others.items()}
+        other_feats = {spec: encode_level(m, x, tuple(x.shape[-2:]), level) for spec, m in others.items()}
         targets = {}
         for name, _ in variants:
             fitted = fit_scene(sv, feats, fits[name])
@@ -172,7 +176,6 @@ def main(argv=None) -> int:
         valid_all = torch.stack([v for _, v in targets.values()]).all(dim=0)  # (V, h, w)
         depth0 = torch.from_numpy(sv.depth0).double()
         W, H = sv.size
-        h, w = feats.shape[-2:]
         cell0 = F.interpolate(valid_all[:1, None].float(), size=(H, W), mode="nearest")[0, 0] > 0.5
         for v in range(1, sv.num_views):
             warp, ok = warp_from_depth(depth0, torch.from_numpy(sv.Ks[0]), torch.from_numpy(sv.Ks[v]),
@@ -214,8 +217,8 @@ def main(argv=None) -> int:
     }  # fmt: skip
     md = report(res)
     print(md)
-    _write_atomic(args.out / "stage1_targets.json", json.dumps(res, indent=2))
-    _write_atomic(args.out / "stage1_targets.md", md + "\n")
+    atomic_text(args.out / "stage1_targets.json", json.dumps(res, indent=2))
+    atomic_text(args.out / "stage1_targets.md", md + "\n")
     return 0
 
 
@@ -241,12 +244,6 @@ def report(res: dict) -> str:
                  + " | ".join(f"{100 * any_row['ceiling_pck'][th]:.1f}" for th in ts) + " | | | |")  # fmt: skip
     return "\n".join(lines)
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

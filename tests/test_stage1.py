@@ -215,6 +215,22 @@ def test_stage1_run_tunes_only_the_encoder_and_lowers_the_loss(photos, tmp_path)
     changed = {k for k in start if not torch.equal(start[k], end[k])}
     assert changed and all(k.startswith("encoder.cnn.") for k in changed), sorted(changed)[:5]
     _loss_falls(tmp_path)
+    _scene_is_reproducible(photos, tmp_path / "run")
+
+
+def _scene_is_reproducible(photos, run):
+    """photo_views (what benchmarks/stage1_targets.py re-lifts with) gives a stored scene's views."""
+    from l2m_plugin.lifting.dataset import photo_views
+    from l2m_plugin.synthesis import SYNTH_PRESETS
+    from l2m_plugin.synthesis.generate import RunSettings, SourceLoader, source_listing
+
+    st = RunSettings(images=str(photos), depth="synthetic", size=f"{SIZE}x{SIZE}", seed=0, split="all")
+    names = source_listing(st)
+    sv, feats = photo_views(L2M.from_pretrained(), SourceLoader(st, SYNTH_PRESETS["l2m"]), names[1], 1, views=2,
+                            synth_conf=SYNTH_PRESETS["l2m"], level=8, seed=0)  # fmt: skip
+    with np.load(run / "fields" / "scenes" / "000001.npz") as z:
+        assert np.array_equal(sv.images, z["images"]) and np.array_equal(sv.T_0to, z["T_0to"])
+    assert tuple(feats.shape) == (2, 128, SIZE // 8, SIZE // 8)
 
 
 def test_stage1_tunes_only_the_coarse_module_when_asked(photos, tmp_path):

@@ -181,7 +181,9 @@ def feature_nn_errors(
         ``query`` (Q,) int64 cell indices; ``error_px`` (Q,) float32 distance of the
         nearest-neighbour cell centre to the ground truth; ``ceiling_px`` (Q,) float32
         distance of the nearest image-1 cell centre; ``mutual`` (Q,) bool;
-        ``chance`` (Q, T) float32 share of image-1 cell centres within each threshold.
+        ``chance`` (Q, T) float32 share of image-1 cell centres within each threshold;
+        ``gt`` (Q, 2) float32 the ground truth of each query, normalised (x, y) in image 1
+        (``align_corners=False``).
     Raises:
         ValueError: inconsistent shapes or bad ``max_points``.
     """
@@ -227,7 +229,8 @@ def feature_nn_errors(
         d = torch.cdist(gt_px[i : i + rows], centres1_px)  # (q, N1)
         ceiling[i : i + rows] = d.min(dim=1).values
         chance[i : i + rows] = (d[..., None] <= tt).float().mean(dim=1)
-    return {"query": query, "error_px": error, "ceiling_px": ceiling, "mutual": back == query, "chance": chance}
+    return {"query": query, "error_px": error, "ceiling_px": ceiling, "mutual": back == query, "chance": chance,
+            "gt": gt[query]}  # fmt: skip
 
 
 def _pck(err: torch.Tensor, ts: tuple[float, ...]) -> dict[str, float]:

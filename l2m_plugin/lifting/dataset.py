@@ -32,7 +32,7 @@ from l2m_plugin.models.features import encode_level
 from l2m_plugin.synthesis import SynthesisError, synthetic_depth
 from l2m_plugin.synthesis.errors import BackendUnavailableError
 
-__all__ = ["lift_photos", "LiftedViews", "encoder_level_features"]
+__all__ = ["lift_photos", "photo_views", "LiftedViews", "encoder_level_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,35 @@ def encoder_level_features(encoder, x: torch.Tensor, level: int) -> torch.Tensor
     if level not in feats:
         raise ValueError(f"level must be 16 or one of {sorted(feats)}, got {level}")
     return feats[level]
+
+
+def photo_views(model, loader, rel: str, index: int, *, views: int, synth_conf, level: int = 16,
+                seed: int = 0):  # fmt: skip
+    """The views of one photo and the frozen encoder's features of each: the input of the fit.
+
+    Photo ``index`` (``rel``, a path relative to the loader's folder) is loaded at the
+    run's size, given its depth (the loader's, else :func:`~l2m_plugin.synthesis.synthetic_depth`)
+    and ``views`` views (:func:`synthesize_views`), all drawn from
+    ``numpy.random.default_rng([seed, index])``: the same photo, index and seed give the
+    same views, so a scene of :func:`lift_photos` can be made again (``benchmarks/stage1_targets.py``).
+
+    Args:
+        model: the :class:`~l2m_plugin.L2M` whose encoder gives the features.
+        loader: a :class:`~l2m_plugin.synthesis.generate.SourceLoader`.
+        rel, index: the photo and its index in the run's listing.
+        views, synth_conf, level, seed: as :func:`lift_photos`.
+    Returns:
+        ``(sv, feats)``: :class:`~l2m_plugin.lifting.SceneViews` and (V, C, h, w) float32
+        CPU features of each view at ``level`` (the views' own size, no resizing).
+    Raises:
+        SynthesisError, ValueError, OSError: the photo cannot be read or lifted.
+    """
+    img, depth, sky, _ = loader.load(rel)
+    rng = np.random.default_rng([int(seed), int(index)])
+    z = depth if depth is not None else synthetic_depth(img.shape[1::-1], rng, synth_conf.depth, img)
+    sv = synthesize_views(img, z, views, synth_conf, rng, sky_mask=sky)
+    x = torch.from_numpy(sv.images).permute(0, 3, 1, 2).float().div(255.0)
+    return sv, encode_level(model, x, tuple(x.shape[-2:]), level)
 
 
 def lift_photos(model, names: list[str], loader, out, *, views: int, synth_conf, fit_conf, level: int = 16,
@@ -108,12 +137,7 @@ def lift_photos(model, names: list[str], loader, out, *, views: int, synth_conf,
         t0 = time.perf_counter()
         rel = names[i]
         try:
-            img, depth, sky, _ = loader.load(rel)
-            rng = np.random.default_rng([int(seed), i])
-            z = depth if depth is not None else synthetic_depth(img.shape[1::-1], rng, synth_conf.depth, img)
-            sv = synthesize_views(img, z, views, synth_conf, rng, sky_mask=sky)
-            x = torch.from_numpy(sv.images).permute(0, 3, 1, 2).float().div(255.0)
-            feats = encode_level(model, x, tuple(x.shape[-2:]), level)  # no resizing, float32, CPU
+            sv, feats = photo_views(model, loader, rel, i, views=views, synth_conf=synth_conf, level=level, seed=seed)
             fitted = fit_scene(sv, feats, fit_conf)
         except (MemoryError, BackendUnavailableError, KeyboardInterrupt):
             raise

@@ -254,9 +254,11 @@ class Stage1Trainer(Trainer):
         m = valid[:, None].float()
         n = (m.sum() * pred.shape[1]).clamp_min(1.0)
         l1 = ((pred - target).abs() * m).sum() / n
-        cos_map = torch.nn.functional.cosine_similarity(pred, target, dim=1)
-        cos = (cos_map * valid).sum() / valid.sum().clamp_min(1)
-        loss = l1 if self.conf.train.loss == "l1" else 1.0 - cos
+        use_cos = self.conf.train.loss == "cosine"
+        with torch.set_grad_enabled(torch.is_grad_enabled() and use_cos):  # logged only, under train.loss=l1
+            cos_map = torch.nn.functional.cosine_similarity(pred, target, dim=1)
+            cos = (cos_map * valid).sum() / valid.sum().clamp_min(1)
+        loss = 1.0 - cos if use_cos else l1
         stats = {"loss": float(loss.detach()), "l1": float(l1.detach()), "cosine": float(cos.detach()),
                  "valid_fraction": float(valid.float().mean())}  # fmt: skip
         return loss, stats, x.shape[0]

@@ -34,6 +34,11 @@ def test_parse_variant():
         mod.parse_variant("a:feature_dim")
 
 
+def test_missing_photo_folder_is_named(tmp_path, capsys):
+    assert _script().main(["--images", str(tmp_path / "none"), "--out", str(tmp_path / "out")]) == 2
+    assert f"--images {tmp_path / 'none'} is not a folder" in capsys.readouterr().err
+
+
 def test_rows_share_queries_and_the_ceiling_is_exact(tmp_path):
     rng = np.random.default_rng(0)
     photos = tmp_path / "photos"

@@ -253,6 +253,13 @@ class MatcherConfig:
             so the output is the same (float round-off); None: one band.
         arch: the network's widths: a name of :data:`ARCH_PRESETS` (``"roma"``: the
             released network; ``"tiny"``) or an :class:`ArchConfig` (a dict in YAML).
+        covisible_crop: match a second time on the co-visible crops of the pair (the
+            boxes the first pass's confident matches cover), which normalises a large
+            scale change (:mod:`l2m_plugin.models.covisible`); doubles the cost. Off in
+            the reference (RoMa has no such pass).
+        covisible_thresh: first-pass certainty at or above which a cell counts as
+            co-visible, in [0, 1].
+        covisible_margin: growth of each box per side, a fraction of its size (>= 0).
     """
 
     coarse_res: tuple[int, int] = (560, 560)
@@ -269,6 +276,9 @@ class MatcherConfig:
     gp_solve: str = "inverse"
     memory_budget_gb: float | None = None
     arch: str | ArchConfig = "roma"
+    covisible_crop: bool = False
+    covisible_thresh: float = 0.5
+    covisible_margin: float = 0.1
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -298,6 +308,10 @@ class MatcherConfig:
             raise ValueError(f"memory_budget_gb must be positive or None, got {self.memory_budget_gb}")
         if not 0.0 <= float(self.sample_thresh) <= 1.0:
             raise ValueError(f"sample_thresh must be in [0, 1], got {self.sample_thresh}")
+        if not 0.0 <= float(self.covisible_thresh) <= 1.0:
+            raise ValueError(f"covisible_thresh must be in [0, 1], got {self.covisible_thresh}")
+        if not float(self.covisible_margin) >= 0.0:
+            raise ValueError(f"covisible_margin must be >= 0, got {self.covisible_margin}")
         if self.sample_density not in DENSITY_METHODS:
             raise ValueError(f"sample_density must be 'grid' or 'exact', got {self.sample_density!r}")
 
@@ -398,7 +412,7 @@ PRESETS: dict[str, MatcherConfig] = {
     "l2m-fork-defaults": MatcherConfig(coarse_res=672, upsample_res=1344),
     "romatch": MatcherConfig(normalize=True, displacement_scale="romatch", gp_solve="cholesky"),
     "l2m-tiny": MatcherConfig(arch="tiny-ds", coarse_res=384, upsample_res=None, normalize=True, gp_solve="cholesky",
-                              attenuate_cert=False),
+                              attenuate_cert=False, covisible_crop=True),
     "tiny": MatcherConfig(arch="tiny", coarse_res=320, upsample_res=None, normalize=True, gp_solve="cholesky"),
 }
 

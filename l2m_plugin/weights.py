@@ -16,6 +16,13 @@ Layouts understood by :func:`load_weights`:
 ``l2m_plugin``
     Our own single file: ``{"format": "l2m_plugin", "config": {...},
     "weights_name": str, "state_dict": {...}}`` with the whole model.
+``l2m_plugin-train``
+    A training checkpoint (``train.out/checkpoints/step_XXXXXXX.pt``, written by
+    :class:`l2m_plugin.training.trainer.Trainer` to resume): ``{"format": "l2m_plugin-train",
+    "conf": {...}, "model": {...}, "optimizer": ..., "step": int, ...}``. The matcher is
+    built from the run's ``conf["model"]`` and named ``<run folder>-step<N>``, as the
+    run's own export (``model.pth``) would be, so a run is measured at any checkpoint
+    while it trains.
 
 Loading is strict: missing, unexpected and mis-shaped keys are all listed in
 the :class:`WeightsError`. Files are read with ``torch.load(weights_only=True)``;
@@ -69,6 +76,7 @@ __all__ = [
     "encoder_state_dict",
     "save_checkpoint",
     "save_official_layout",
+    "TRAIN_FORMAT",
     "atomic_torch_save",
     "OFFLINE_ENV",
     "DEFAULT_WEIGHTS",
@@ -83,6 +91,8 @@ OFFLINE_ENV = "L2M_OFFLINE"
 _VIT_PREFIX = "encoder.dinov2.vit."
 _HF = "https://huggingface.co/datasets/Liangyingping/L2Mpp-checkpoints/resolve/main/"
 _FORMAT = "l2m_plugin"
+#: the ``format`` of a training checkpoint (the trainer's resumable state; see the module docstring)
+TRAIN_FORMAT = "l2m_plugin-train"
 
 
 class WeightsError(RuntimeError):
@@ -156,10 +166,10 @@ REGISTRY: dict[str, WeightsEntry] = {
     for e in (
         WeightsEntry(
             "l2m-tiny", "matcher", "", "l2m_tiny.pth", packaged="assets/l2m_tiny.pth", preset="l2m-tiny",
-            sha256="6e47478046256a9627dd4c819191d5272f4b35ac4f90cbf060d09db3cbcf2a61", size=5183435,
+            sha256="3207b6a536862d66a38f40f3c09dba4d9d5312261f0330bf201ec6ffcbf3337e", size=5183563,
             source="trained by l2m-plugin: configs/train/stage2_tiny_ds.yaml (1,600 steps), then "
-            "configs/train/stage2_tiny_ds_ft.yaml (all 2,400 steps) on l2m synth and homography pairs from "
-            "../shared/data/single_view (README, l2m-tiny)",
+            "configs/train/stage2_tiny_ds_ft.yaml (2,400 steps), then configs/train/stage2_tiny_ds_384.yaml "
+            "(1,600 steps) on l2m synth and homography pairs from ../shared/data/single_view (README, l2m-tiny)",
         ),
         WeightsEntry(
             "l2mpp-v1", "matcher", _HF + "l2m%2B%2B_560x560.pth", "l2m++_560x560.pth",
@@ -556,6 +566,11 @@ def load_weights(
     if isinstance(obj, Mapping) and obj.get("format") == _FORMAT:
         saved_config = MatcherConfig.from_dict(obj["config"])
         label = obj.get("weights_name", label)
+    elif isinstance(obj, Mapping) and obj.get("format") == TRAIN_FORMAT:
+        conf = obj.get("conf") or {}
+        saved_config = MatcherConfig.from_dict(conf.get("model") or {})
+        run = Path(str((conf.get("train") or {}).get("out") or what)).name
+        label = f"{run}-step{int(obj.get('step', 0))}"
     sd = unwrap_state_dict(obj)
     if config is None:
         config = saved_config or PRESETS[entry.preset if entry is not None and entry.preset else "l2m"]

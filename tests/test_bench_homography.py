@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from l2m_plugin.eval import get_benchmark, make_matcher
-from l2m_plugin.eval.homography import reprojection_errors
+from l2m_plugin.eval.homography import SCALE_BINS, reprojection_errors
 
 from .conftest import SHARED_DATA
 
@@ -133,6 +133,15 @@ def test_oracle_scores_100_and_random_about_0(runs):
         assert o["groups"][g]["mean_num_matches"] == 500 and o["groups"][g]["num_pairs"] == 3
     assert o["groups"]["identity"]["median_score"] == 1.0
     assert "identity pairs: median error 0.000 px" in out["oracle"]["markdown"]
+    # the homography pairs split by their scale change: every pair in exactly one bin, the
+    # bin of its pair.json scale; the oracle perfect and the random matcher at chance in each
+    bench, _, _ = runs
+    scales = [p.info["scale"] for p in bench.load_pairs() if p.subset == "homography"]
+    expect = {label: sum(lo <= s < hi for s in scales) for label, lo, hi in SCALE_BINS}
+    assert {k: m["num_pairs"] for k, m in o["by_scale"].items()} == {k: n for k, n in expect.items() if n}
+    for label, m in o["by_scale"].items():
+        assert m["AUC@5px"] >= 0.999 and r["by_scale"][label]["AUC@5px"] <= 0.01, label
+        assert f"{label} 100.0 ({m['num_pairs']} pairs)" in out["oracle"]["markdown"]
 
 
 def test_cli_runs_the_homography_benchmark(photos, tmp_path, capsys):

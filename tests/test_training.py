@@ -288,6 +288,10 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(synth_root, tmp_path):
     assert (tmp_path / "cut" / "checkpoints" / "step_0000002.pt").is_file()
     early = L2M.from_pretrained(stopped)  # the model where the run stopped, loadable for evaluation
     assert early.weights_name == "cut-step2"
+    # the training checkpoint itself is a --weights value: the same matcher, built from the run's conf
+    ckpt = L2M.from_pretrained(tmp_path / "cut" / "checkpoints" / "step_0000002.pt")
+    assert ckpt.weights_name == "cut-step2" and ckpt.config == early.config
+    assert all(torch.equal(v, early.state_dict()[k]) for k, v in ckpt.state_dict().items())
     resumed = Trainer(_conf(synth_root, tmp_path / "cut", steps=4)).run()
     a, b = _state(full), _state(resumed)
     assert set(a) == set(b)

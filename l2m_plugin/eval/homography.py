@@ -43,6 +43,9 @@ Metrics, per pair from the cached matches (COLMAP pixels), then per group:
 
 The table's columns are the ``homography`` group's AUC@3/5/10px and pooled PCK@1/3/5px;
 the ``identity`` group's median error and score are in its title and in ``metrics``.
+``metrics["by_scale"]`` holds the same metrics of the ``homography`` group split by the
+pair's scale change (:data:`SCALE_BINS`: below 0.8x, 0.8-1.25x, above 1.25x; empty bins are
+left out), and the table's note gives each bin's corner AUC@5px: where a matcher's error is.
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ __all__ = ["HomographyBenchmark", "reprojection_errors"]
 
 GROUPS = ("homography", "identity")
 PCK_THRESHOLDS = (1, 3, 5)
+#: bins of the pair's scale change (``pair.json``'s ``scale``: > 1 = image 1 zoomed in) for
+#: ``metrics["by_scale"]``: (label, low, high), low <= scale < high
+SCALE_BINS = (("<0.8x", 0.0, 0.8), ("0.8-1.25x", 0.8, 1.25), (">1.25x", 1.25, float("inf")))
 
 
 def reprojection_errors(H_0to1: np.ndarray, kpts0: np.ndarray, kpts1: np.ndarray) -> np.ndarray:
@@ -255,12 +261,24 @@ class HomographyBenchmark(Benchmark):
         head = groups.get("homography") or {}
         metrics = {k: head.get(k, float("nan")) for k in self.columns}
         metrics["groups"] = groups
+        scale = {p.index: float(p.info["scale"]) for p in pairs if "scale" in p.info}
+        homog = [r for r in records if r["subset"] == "homography" and r["index"] in scale]
+        metrics["by_scale"] = {}
+        for label, lo, hi in SCALE_BINS:
+            sel = [r for r in homog if lo <= scale[r["index"]] < hi]
+            if sel:
+                metrics["by_scale"][label] = self._group(sel)
         return metrics
 
     def table_note(self, metrics: dict) -> str:
+        note = ""
         ident = metrics["groups"].get("identity")
-        if not ident or ident["median_error_px"] is None:
-            return ""
-        score = ident["median_score"]
-        return (f"; identity pairs: median error {ident['median_error_px']:.3f} px, "
-                f"median score {score:.3f}, {ident['mean_num_matches']:.0f} matches")  # fmt: skip
+        if ident and ident["median_error_px"] is not None:
+            note = (f"; identity pairs: median error {ident['median_error_px']:.3f} px, "
+                    f"median score {ident['median_score']:.3f}, {ident['mean_num_matches']:.0f} matches")  # fmt: skip
+        bins = metrics.get("by_scale") or {}
+        if bins:
+            note += "; corner AUC@5px by scale change: " + ", ".join(
+                f"{label} {100 * m['AUC@5px']:.1f} ({m['num_pairs']} pairs)" for label, m in bins.items()
+            )
+        return note

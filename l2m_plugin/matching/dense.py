@@ -206,6 +206,11 @@ class DensePairMatcher:
         ims = (self.image(name0), self.image(name1))
         if self.can_encode:
             out = self.matcher.match_features(self.features(name0), self.features(name1))
+            cfg = getattr(self.matcher, "config", None)
+            if getattr(cfg, "covisible_crop", False):  # the second pass, on crops of the full images
+                full = [resize_to_tensor(im.image, im.image.size[::-1])[None].to(self.matcher.device) for im in ims]
+                out = self.matcher.covisible_pass(out, *full)
+                self.num_encoder_passes += sum(bx is not None for bx in out["covisible_boxes"]) * 2
         else:
             (x0, _), (x1, _) = self._tensors(name0), self._tensors(name1)
             out = self.matcher({"image0": x0, "image1": x1})

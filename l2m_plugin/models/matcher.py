@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from l2m_plugin import hardware
 from l2m_plugin.config import MatcherConfig
 from l2m_plugin.io import load_image, resize_to_tensor
+from l2m_plugin.models.covisible import covisible_pass
 from l2m_plugin.models.decoder import Decoder
 from l2m_plugin.models.encoder import Encoder
 from l2m_plugin.sampling import sample_matches
@@ -187,9 +188,33 @@ class L2M(nn.Module):
             mode only); ``size0``/``size1``: (W, H) of the inputs in pixels.
             Every sample of a batch is computed independently: B > 1 gives the
             same result as B = 1.
+            With ``config.covisible_crop`` a second pass matches the co-visible crops
+            (:mod:`l2m_plugin.models.covisible`; cut from ``image0``/``image1`` as given,
+            so pass them at full resolution) and the dict also holds ``covisible_boxes``.
         Raises:
             KeyError, ValueError: malformed inputs (message names the key).
         """
+        out = self._forward_once(data)
+        if self.config.covisible_crop:
+            out = self.covisible_pass(out, data["image0"], data["image1"])
+        return out
+
+    def covisible_pass(self, out: dict, image0: torch.Tensor, image1: torch.Tensor) -> dict:
+        """The co-visible crop pass on a first pass's output (:meth:`forward` runs it when
+        ``config.covisible_crop``; :meth:`match_features` callers such as SfM call it).
+
+        Args:
+            out: :meth:`forward` / :meth:`match_features` output of one pass.
+            image0, image1: (B, 3, H_i, W_i) float RGB in [0, 1] at full resolution.
+        Returns:
+            ``out``'s format, see :func:`l2m_plugin.models.covisible.covisible_pass`.
+        """
+        return covisible_pass(
+            out, image0, image1, lambda c0, c1: self._forward_once({"image0": c0, "image1": c1}),
+            thresh=float(self.config.covisible_thresh), margin=float(self.config.covisible_margin),
+        )  # fmt: skip
+
+    def _forward_once(self, data: dict) -> dict:
         x0, x1 = self._check_images(data)
         b = x0.shape[0]
         u0, u1 = data.get("image0_upsample", x0), data.get("image1_upsample", x1)
@@ -346,6 +371,9 @@ class L2M(nn.Module):
         ims = (load_image(image0, exif=exif), load_image(image1, exif=exif))
         data = {}
         for i, im in enumerate(ims):
+            if self.config.covisible_crop:  # crops are cut from the full image; forward resizes
+                data[f"image{i}"] = resize_to_tensor(im.image, im.image.size[::-1])[None].to(device)
+                continue
             data[f"image{i}"] = resize_to_tensor(im.image, self.config.coarse_res)[None].to(device)
             if self.config.upsample_res is not None:
                 data[f"image{i}_upsample"] = resize_to_tensor(im.image, self.config.upsample_res)[None].to(device)

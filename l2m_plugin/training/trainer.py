@@ -60,6 +60,7 @@ from l2m_plugin.training.data import (
 )
 from l2m_plugin.training.losses import LossConfig, RobustLoss
 from l2m_plugin.weights import (
+    TRAIN_FORMAT,
     atomic_torch_save,
     encoder_state_dict,
     map_dinov2_keys,
@@ -447,7 +448,7 @@ class Trainer:
     # ------------------------------------------------------------ state
     def _state(self, step: int) -> dict:
         return {
-            "format": "l2m_plugin-train",
+            "format": TRAIN_FORMAT,
             "conf": self.resolved,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),

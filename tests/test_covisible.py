@@ -1,0 +1,180 @@
+"""The co-visible crop pass (``MatcherConfig.covisible_crop``): boxes, the mapping back onto the
+full grid, and an exact coordinate-image oracle under a 2x zoom."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from l2m_plugin import L2M
+from l2m_plugin.config import PRESETS
+from l2m_plugin.models.covisible import MIN_POINTS, covisible_box, covisible_pass, crop_to_full
+
+W, H = 128, 96
+OUT = (48, 64)  # (H_o, W_o) of the oracle's output grid
+# image 1 is a 2x zoom into image 0's pixel box [32, 96) x [24, 72): p1 = 2 (p0 - (32, 24))
+ZOOM, OFF = 2.0, torch.tensor([32.0, 24.0])
+
+
+def _grid(h, w):
+    ys = (torch.arange(h) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w) + 0.5) / w * 2 - 1
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)
+
+
+def _to_px(n, size):
+    return (n + 1) / 2 * torch.tensor(size, dtype=torch.float32)
+
+
+def _to_n(p, size):
+    return p / torch.tensor(size, dtype=torch.float32) * 2 - 1
+
+
+def _coordinate_images():
+    """image0 holds, at each pixel, its own centre in image-0 pixels / 256; image1 the image-0
+    pixel that it shows (the zoom's inverse), so every crop carries its own ground truth."""
+    p0 = _to_px(_grid(H, W), (W, H))
+    p1 = _to_px(_grid(H, W), (W, H))
+    src = p1 / ZOOM + OFF
+    im0 = torch.cat((p0 / 256, torch.zeros(H, W, 1)), -1).permute(2, 0, 1)[None]
+    im1 = torch.cat((src / 256, torch.zeros(H, W, 1)), -1).permute(2, 0, 1)[None]
+    return im0, im1
+
+
+def _oracle_once(c0, c1):
+    """Exact matches between two coordinate-image crops: the affine map from crop-1 positions to
+    the image-0 pixels they show, fitted by least squares and inverted."""
+
+    def affine(img):
+        h, w = img.shape[-2:]
+        n = _grid(h, w).reshape(-1, 2)
+        v = img[0, :2].permute(1, 2, 0).reshape(-1, 2) * 256
+        A = torch.cat((n, torch.ones(len(n), 1)), 1).double()
+        return torch.linalg.lstsq(A, v.double()).solution  # (3, 2): [n, 1] @ M = image-0 pixel
+
+    def warp(src, dst):
+        g = _grid(*OUT)
+        vals = (
+            F.grid_sample(src[:, :2], g[None], mode="bilinear", align_corners=False)[0].permute(
+                1, 2, 0
+            )
+            * 256
+        )
+        M = affine(dst)
+        lin, t = M[:2], M[2]
+        n = (
+            torch.linalg.solve(lin.T, (vals.double() - t).reshape(-1, 2).T)
+            .T.reshape(*OUT, 2)
+            .float()
+        )
+        cert = (n.abs() <= 1).all(-1).float()
+        return n, cert
+
+    w0, k0 = warp(c0, c1)
+    w1, k1 = warp(c1, c0)
+    return {"warp0": w0[None], "certainty0": k0[None], "warp1": w1[None], "certainty1": k1[None]}
+
+
+def _true_warp0():
+    """(H_o, W_o, 2) exact image0 -> image1 warp and its validity."""
+    p0 = _to_px(_grid(*OUT), (W, H))
+    n1 = _to_n((p0 - OFF) * ZOOM, (W, H))
+    return n1, (n1.abs() <= 1).all(-1)
+
+
+def test_box_spans_the_points_with_its_margin():
+    pts = torch.stack(
+        torch.meshgrid(torch.linspace(-0.5, 0.5, 21), torch.linspace(0.0, 0.5, 11), indexing="xy"),
+        -1,
+    )
+    box = covisible_box(pts.reshape(-1, 2), (200, 100), margin=0.1)
+    # x: [-0.5, 0.5] -> [50, 150] px, +-10 px; y: [0, 0.5] -> [50, 75] px, +-2.5 px (2% quantiles inside)
+    assert box[0] == pytest.approx(40, abs=2) and box[2] == pytest.approx(160, abs=2)
+    assert box[1] == pytest.approx(47.5, abs=1.5) and box[3] == pytest.approx(77.5, abs=1.5)
+    assert covisible_box(torch.zeros(MIN_POINTS - 1, 2), (200, 100), 0.1) is None
+    tiny = covisible_box(
+        torch.zeros(MIN_POINTS, 2), (200, 96), 0.1
+    )  # one point: at least 1/8 per side
+    assert tiny[2] - tiny[0] >= 25 and tiny[3] - tiny[1] >= 12
+
+
+def test_crop_to_full_maps_crop_coordinates_to_full_ones():
+    # crop A = [32, 96) x [24, 72) of a 128 x 96 image, crop B = all of image B: an identity warp
+    # between the crops is the 2x zoom between the full images
+    w, c = crop_to_full(
+        _grid(24, 32), torch.ones(24, 32), (32, 24, 96, 72), (0, 0, W, H), (W, H), (W, H), OUT
+    )
+    true, valid = _true_warp0()
+    inside = c > 0
+    assert inside.sum() > 0.2 * inside.numel()
+    assert (w[inside] - true[inside]).abs().max() < 1e-4
+    assert not (inside & ~valid).any()  # certainty 0 outside box A
+
+
+def test_second_pass_on_the_coordinate_oracle_is_exact_and_crops_at_equal_scale():
+    im0, im1 = _coordinate_images()
+    first = _oracle_once(im0, im1)
+    seen = []
+
+    def once(c0, c1):
+        seen.append((tuple(c0.shape[-2:]), tuple(c1.shape[-2:])))
+        return _oracle_once(c0, c1)
+
+    out = covisible_pass(first, im0, im1, once, thresh=0.5, margin=0.1)
+    ((box0, box1),) = out["covisible_boxes"]
+    # box 0: the zoomed region [32, 96) x [24, 72), grown by 10% per side; box 1: all of image 1
+    assert box0 == pytest.approx((25.6, 19.2, 102.4, 76.8), abs=3)
+    assert box1 == (0, 0, W, H)
+    (h0, w0), (h1, w1) = seen[0]
+    assert w1 / w0 == pytest.approx(ZOOM / 1.2, rel=0.1) and h1 / h0 == pytest.approx(
+        ZOOM / 1.2, rel=0.1
+    )
+    true, valid = _true_warp0()
+    ok = out["certainty0"][0] > 0.99
+    assert ok.sum() >= 0.9 * valid.sum()
+    assert (out["warp0"][0][ok] - true[ok]).abs().max() < 1e-3
+    # the reverse warp: every pixel of image 1 is seen in image 0
+    p1 = _to_px(_grid(*OUT), (W, H))
+    true1 = _to_n(p1 / ZOOM + OFF, (W, H))
+    ok1 = out["certainty1"][0] > 0.99
+    assert ok1.float().mean() > 0.9 and (out["warp1"][0][ok1] - true1[ok1]).abs().max() < 1e-3
+
+
+def test_second_pass_is_skipped_without_confident_cells():
+    im0, im1 = _coordinate_images()
+    first = _oracle_once(im0, im1)
+    first = {
+        **first,
+        "certainty0": first["certainty0"] * 0.1,
+        "certainty1": first["certainty1"] * 0.1,
+    }
+    out = covisible_pass(
+        first, im0, im1, lambda a, b: pytest.fail("no second pass expected"), thresh=0.5, margin=0.1
+    )
+    assert out["covisible_boxes"] == [None] and torch.equal(out["warp0"], first["warp0"])
+
+
+def test_matcher_runs_the_pass_and_keeps_its_output_format():
+    torch.manual_seed(0)
+    cfg = PRESETS["l2m-tiny"].replace(coarse_res=(64, 64), covisible_crop=False)
+    model = L2M(cfg).eval()
+    crop = L2M(cfg.replace(covisible_crop=True, covisible_thresh=0.0)).eval()
+    crop.load_state_dict(model.state_dict())
+    x0, x1 = torch.rand(2, 3, 96, 128), torch.rand(2, 3, 80, 100)
+    with torch.no_grad():
+        a = model({"image0": x0, "image1": x1})
+        b = crop({"image0": x0, "image1": x1})
+    for k in ("warp0", "certainty0", "warp1", "certainty1"):
+        assert b[k].shape == a[k].shape and b[k].dtype == a[k].dtype
+    assert len(b["covisible_boxes"]) == 2 and "covisible_boxes" not in a
+    for boxes, k in zip(b["covisible_boxes"], range(2), strict=True):
+        if boxes is None:  # whole images: the first pass is kept
+            assert torch.equal(b["warp0"][k], a["warp0"][k])
+
+
+def test_config_checks_its_fields():
+    with pytest.raises(ValueError, match="covisible_thresh"):
+        PRESETS["l2m-tiny"].replace(covisible_thresh=1.5)
+    with pytest.raises(ValueError, match="covisible_margin"):
+        PRESETS["l2m-tiny"].replace(covisible_margin=-0.1)

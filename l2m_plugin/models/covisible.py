@@ -32,11 +32,6 @@ __all__ = ["covisible_box", "crop_to_full", "covisible_pass"]
 MIN_POINTS = 32
 
 
-def _grid(h: int, w: int, device) -> torch.Tensor:
-    """(h, w, 2) normalised (x, y) of the pixel centres of an h x w grid."""
-    return normalized_grid(h, w, device=device)
-
-
 def covisible_box(
     points: torch.Tensor, size: tuple[int, int], margin: float, quantile: float = 0.02
 ):
@@ -84,7 +79,7 @@ def crop_to_full(warp: torch.Tensor, certainty: torch.Tensor, box_a, box_b, size
         certainty 0 outside box A (bilinear sampling of both inside it).
     """
     ho, wo = out_hw
-    g = _grid(ho, wo, warp.device)
+    g = normalized_grid(ho, wo, device=warp.device)
     (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = box_a, box_b
     wa, ha = size_a
     wb, hb = size_b
@@ -135,7 +130,7 @@ def covisible_pass(
     for k in keys:
         out[k] = first[k].clone()
     b, ho, wo, _ = first["warp0"].shape
-    g = _grid(ho, wo, first["warp0"].device)
+    g = normalized_grid(ho, wo, device=first["warp0"].device)
     size0 = (int(image0.shape[-1]), int(image0.shape[-2]))
     size1 = (int(image1.shape[-1]), int(image1.shape[-2]))
     boxes = []

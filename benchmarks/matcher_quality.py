@@ -18,6 +18,10 @@ Three measurements, each optional, all with the same model:
    coverage of image A, and a cross-check, since these pairs have no ground truth:
    the median epipolar distance of each method's inliers under the *other* method's
    F (a degenerate F can collect many inliers from wrong matches; it fails this).
+   All of the model's sampled matches (what ``l2m match`` draws, not only the
+   inliers) are also scored under SIFT's F, overall and by certainty: the median
+   symmetric epipolar distance and the share within 2 / 5 px. This is a lower bound
+   of their error (a wrong match along its epipolar line passes).
 3. ``--self-match IMAGE [IMAGE ...]``: each photo matched with itself (the exact answer is
    the identity): median error of the dense warp at the output resolution (pixels of that
    grid) and of the sampled matches in the original image (``||kp1 - kp0||``), their share
@@ -57,6 +61,7 @@ _THRESH = (1.0, 3.0, 5.0)
 def _parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default=None, help="registry name or checkpoint (default: the package default model)")
+    p.add_argument("--config", default=None, help="matcher config: a configs/matcher/*.yaml file (as `l2m match --config`)")
     p.add_argument("--coarse-res", type=int, default=None)
     p.add_argument("--upsample-res", type=int, default=None, help="0 for none")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
@@ -77,6 +82,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
 
 
 def _load_model(args):
+    from l2m_plugin.config import resolve_config
     from l2m_plugin.models.matcher import load_matcher
 
     overrides = {}
@@ -91,7 +97,7 @@ def _load_model(args):
         from l2m_plugin.weights import DEFAULT_WEIGHTS
 
         weights = DEFAULT_WEIGHTS
-    return load_matcher(weights, **overrides)
+    return load_matcher(weights, config=resolve_config(config=args.config), **overrides)
 
 
 def _precision(kp0: np.ndarray, kp1: np.ndarray, gt_px: np.ndarray, valid: np.ndarray) -> dict:
@@ -208,6 +214,17 @@ def _sym_epipolar_px(Fm, kp0: np.ndarray, kp1: np.ndarray) -> np.ndarray:
     return 0.5 * (num / np.hypot(l1[:, 0], l1[:, 1]) + num / np.hypot(l0[:, 0], l0[:, 1]))
 
 
+CERT_BINS = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.01))
+
+
+def _epipolar_precision(e: np.ndarray) -> dict:
+    """Count, median and share within 2 / 5 px of symmetric epipolar distances ``e`` (N,)."""
+    if not len(e):
+        return {"matches": 0}
+    return {"matches": int(len(e)), "median_px": float(np.median(e)),
+            "within_2px": float((e <= 2).mean()), "within_5px": float((e <= 5).mean())}  # fmt: skip
+
+
 def _coverage(kp: np.ndarray, size: tuple[int, int], cells: int = 10) -> float:
     """Share of a cells x cells grid over the image that holds at least one keypoint."""
     if not len(kp):
@@ -250,6 +267,16 @@ def real_pairs(model, sift_cls, pairs_dir: Path, num: int, px: float, seed: int,
             row["sift_inliers_under_model_F_median_px"] = float(np.median(_sym_epipolar_px(F_m, s0[in_s], s1[in_s])))
         if F_s is not None and in_m.any():
             row["model_inliers_under_sift_F_median_px"] = float(np.median(_sym_epipolar_px(F_s, k0[in_m], k1[in_m])))
+        if F_s is not None and len(k0):
+            # All sampled matches (what `l2m match` draws), not only RANSAC's inliers, under
+            # SIFT's F: a lower bound of their error (a wrong match along its epipolar line
+            # passes), overall and by certainty.
+            e = _sym_epipolar_px(F_s, k0, k1)
+            c = m["certainty"].float().numpy()
+            row["model_matches_under_sift_F"] = _epipolar_precision(e)
+            row["model_matches_under_sift_F_by_certainty"] = {
+                f"[{lo:.2f},{hi:.2f})": _epipolar_precision(e[(c >= lo) & (c < hi)]) for lo, hi in CERT_BINS
+            }
         res[stem] = row
     return res
 
@@ -314,6 +341,24 @@ def _report(r: dict) -> str:
                 f"{v['sift_inliers']} / {v['sift_matches']} | {100 * v['sift_inlier_coverage']:.0f}% | "
                 f"{'-' if a is None else f'{a:.2f} px'} | {'-' if b is None else f'{b:.2f} px'} |"
             )
+        lines += [
+            "",
+            "All of the model's sampled matches (what `l2m match` draws) under SIFT's F, by certainty:",
+            "symmetric epipolar distance (a lower bound of the error: a wrong match along its epipolar line passes).",
+            "",
+            "| pair | certainty | matches | median | within 2 px | within 5 px |",
+            "|---|---|---|---|---|---|",
+        ]
+        for stem, v in r["real_pairs"].items():
+            if "model_matches_under_sift_F" not in v:
+                continue
+            rows = [("all", v["model_matches_under_sift_F"]), *v["model_matches_under_sift_F_by_certainty"].items()]
+            for label, q in rows:
+                if q["matches"]:
+                    lines.append(
+                        f"| {stem} | {label} | {q['matches']} | {q['median_px']:.2f} px | "
+                        f"{100 * q['within_2px']:.1f}% | {100 * q['within_5px']:.1f}% |"
+                    )
         lines.append("")
     if "self_match" in r:
         lines += [

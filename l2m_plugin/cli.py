@@ -40,6 +40,7 @@ from l2m_plugin.matching.dense import DensePairMatcher
 from l2m_plugin.matching.sift import SiftPairMatcher
 from l2m_plugin.sfm.pairs import parse_pairs_spec, shard_pairs
 from l2m_plugin.sfm.pipeline import OutputWriteError, match_pairs, reconstruct, write_tracks
+from l2m_plugin.sfm.tracks import DEFAULT_CELL_SIZE
 from l2m_plugin.synthesis import SynthesisError
 from l2m_plugin.synthesis.config import load_config
 from l2m_plugin.synthesis.errors import BackendUnavailableError, ConfigMismatchError
@@ -670,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("image_dir")
     r.add_argument("out_dir")
     r.add_argument("--pairs", default="exhaustive", help="exhaustive | sequential:K | retrieval:K | an hloc pairs file")
-    r.add_argument("--cell-size", type=float, default=4.0, help="track-building cell in pixels (one keypoint per cell)")
+    r.add_argument("--cell-size", type=float, default=DEFAULT_CELL_SIZE, help="track-building cell in pixels (one keypoint per cell)")
     r.add_argument("--subpixel", action="store_true", help="keypoint at the certainty-weighted mean of its cell")
     r.add_argument("--camera-mode", default="auto", choices=["auto", "single", "per_folder", "per_image"])
     r.add_argument("--camera-model", type=_camera_model, default="SIMPLE_RADIAL")
@@ -699,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("merge", help="merge shard h5 files into pair_matches.h5 + hloc's features.h5 / matches.h5")
     g.add_argument("shards", nargs="+")
     g.add_argument("--out", required=True, help="output folder (usable as `l2m reconstruct`'s OUT_DIR)")
-    g.add_argument("--cell-size", type=float, default=4.0)
+    g.add_argument("--cell-size", type=float, default=DEFAULT_CELL_SIZE, help="track-building cell in pixels")
     g.add_argument("--allow-partial", action="store_true", help="merge even if shards of the i/N set are missing")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=_cmd_merge)

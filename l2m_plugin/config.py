@@ -412,7 +412,7 @@ PRESETS: dict[str, MatcherConfig] = {
     "l2m-fork-defaults": MatcherConfig(coarse_res=672, upsample_res=1344),
     "romatch": MatcherConfig(normalize=True, displacement_scale="romatch", gp_solve="cholesky"),
     "l2m-tiny": MatcherConfig(arch="tiny-ds", coarse_res=384, upsample_res=None, normalize=True, gp_solve="cholesky",
-                              attenuate_cert=False, covisible_crop=True),
+                              attenuate_cert=False, sample_thresh=0.5, covisible_crop=True),
     "tiny": MatcherConfig(arch="tiny", coarse_res=320, upsample_res=None, normalize=True, gp_solve="cholesky"),
 }
 

@@ -90,7 +90,8 @@ CONFS: dict[str, dict[str, Any]] = {
         "cell_size": 1,
     },
     # l2m-tiny, shipped with the package (offline); the config stored with it
-    # (PRESETS["l2m-tiny"], configs/matcher/l2m_tiny.yaml: 256 px, no refinement pass).
+    # (PRESETS["l2m-tiny"], configs/matcher/l2m_tiny.yaml: 384 px, co-visible crop pass,
+    # sample_thresh 0.5).
     "l2m-tiny": {
         "output": "matches-l2m-tiny",
         "model": {"name": "l2m", "weights": "l2m-tiny", "max_num_matches": 5000},

@@ -42,7 +42,7 @@ from l2m_plugin.sfm.colmap import (
     verify_pairs,
 )
 from l2m_plugin.sfm.pairs import parse_pairs_spec
-from l2m_plugin.sfm.tracks import Tracks, build_tracks
+from l2m_plugin.sfm.tracks import DEFAULT_CELL_SIZE, Tracks, build_tracks
 from l2m_plugin.viz import draw_reconstruction
 
 __all__ = ["reconstruct", "match_pairs", "write_tracks", "OutputWriteError"]
@@ -205,7 +205,7 @@ def reconstruct(
     pair_matcher,
     *,
     pairs: str = "exhaustive",
-    cell_size: float = 4.0,
+    cell_size: float = DEFAULT_CELL_SIZE,
     subpixel: bool = False,
     camera_mode: str = "auto",
     camera_model: str = "SIMPLE_RADIAL",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -22,6 +23,14 @@ def shared_pair(name: str = "sacre_coeur") -> tuple[Path, Path]:
     if not (a.is_file() and b.is_file()):
         pytest.skip(f"real image pair not found at {PAIRS} (tests expect ../shared/data beside the repo; set L2M_SHARED_DATA)")
     return a, b
+
+
+def benchmark_script(name: str):
+    """The module ``benchmarks/<name>.py`` (a script, not a package), loaded from its file."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="session")

@@ -6,22 +6,17 @@ the symmetric epipolar distance of a match is exactly its row difference.
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
-from .conftest import REPO
+from .conftest import benchmark_script
 
 # x1^T F x0 = y0 - y1 for a camera moved along x (rectified pair).
 F_RECTIFIED = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("matcher_quality", REPO / "benchmarks" / "matcher_quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("matcher_quality")
 
 
 def test_symmetric_epipolar_distance_is_the_row_difference():

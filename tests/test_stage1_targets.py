@@ -8,21 +8,17 @@ the "encoder" row.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import REPO
+from .conftest import benchmark_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("stage1_targets", REPO / "benchmarks" / "stage1_targets.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("stage1_targets")
 
 
 def test_parse_variant():

@@ -790,6 +790,10 @@ _RESUME = {
 def main(argv: list[str] | None = None) -> int:
     """Run one ``l2m`` command. Ctrl-C ends it with one line saying what was kept (exit 130)."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", 0):  # every matcher (SIFT and the oracle too), not only L2M's loader
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -109,13 +109,21 @@ def test_maupertuis_oracle_is_as_good_as_the_model_and_random_is_0(tmp_path):
 
 
 def test_cli_runs_the_colmap_benchmark(fixture_root, tmp_path):
+    import torch
+
     from l2m_plugin.cli import main
 
-    rc = main(["bench", "colmap", "--images", str(fixture_root / "images"), "--model", str(fixture_root / "sparse"),
-               "--matcher", "oracle", "--max-pairs", "2", "--out", str(tmp_path), "--quiet"])  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["bench", "colmap", "--images", str(fixture_root / "images"), "--model", str(fixture_root / "sparse"),
+                   "--matcher", "oracle", "--max-pairs", "2", "--out", str(tmp_path), "--quiet", "--threads", "1"])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)  # --threads sets it for the whole process
     assert rc == 0
     summary = json.loads(next((tmp_path / "colmap" / "oracle" / "eval").glob("loftr-*.json")).read_text())
     assert summary["num_pairs"] == 2 and summary["headline"]["AUC@5"] >= 0.999
+    # The thread count changes a dense matcher's drawn matches (README, "Phase 4 measured"): it is recorded.
+    assert summary["predict"]["torch_threads"] == 1
     assert summary["eval_conf"]["focal_mode"] == "loftr" and summary["eval_conf"]["runs"] == 1
     assert main(["bench", "colmap", "--images", str(fixture_root / "images"), "--out", str(tmp_path), "--quiet"]) == 2
 

@@ -91,6 +91,7 @@ def test_oracle_reconstruction_recovers_the_synthetic_poses(scene, oracle_run):
         and s["verification"]["undefined_with_inliers"] == 0
     )
     assert s["matching"]["encoder_passes"] == 20  # the oracle has no encoder: 2 per pair
+    assert s["matching"]["torch_threads"] == torch.get_num_threads()
     for stage in ("images", "pairs", "matching", "tracks", "database", "verification", "mapping"):
         assert stage in s["timings_s"]
     assert (out / "reconstruction.png").stat().st_size > 1000

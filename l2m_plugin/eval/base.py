@@ -29,7 +29,7 @@ Output folder of one matcher on one benchmark::
                                 keypoints0/1, scores, sizes, [sample_index when
                                 predict.samples_per_pair > 1]; caches from before
                                 2026-12-05 are OUT/matches.h5 and are still read
-    OUT/predict_conf.json       benchmark, data root, matcher settings, predict conf
+    OUT/predict_conf.json       benchmark, data root, matcher settings, predict conf, torch threads
     OUT/failures.json           pairs whose matching raised (retried on the next run)
     OUT/eval/<protocol>-<hash>.json   summary (metrics, eval conf, per-pair errors); the hash
                                       covers the eval and data conf and max_pairs
@@ -236,10 +236,14 @@ class Benchmark:
         self.check_images(pairs)
         settings = {"benchmark": self.name, "matcher": matcher.settings(), "predict": self.conf["predict"]}
         store = PairMatchStore(pair_store_path(out_dir), settings, overwrite=overwrite)
+        import torch
+
+        # torch_threads: the dense warp's float sums (hence the drawn matches) depend on it.
         atomic_json(
             out_dir / "predict_conf.json",
-            {**settings, "data_root": str(self.data_root), "image_root": str(self.image_root), "data": self.conf["data"]},
-        )
+            {**settings, "data_root": str(self.data_root), "image_root": str(self.image_root), "data": self.conf["data"],
+             "torch_threads": torch.get_num_threads()},
+        )  # fmt: skip
         todo, seen = [], set()
         for p in pairs:
             if (p.name0, p.name1) in store or (p.name0, p.name1) in seen:

@@ -273,11 +273,15 @@ def reconstruct(
     store = PairMatchStore(out / STORE_NAME, pair_matcher.settings(), overwrite=overwrite)
     with _timed(timings, "matching"):
         report = match_pairs(pair_matcher, pair_list, store, progress=progress, fingerprints=fingerprints)
+    import torch
+
     summary["matching"] = {
         "new_pairs": report["matched"],
         "reused_pairs": report["skipped"],
         "failed_pairs": report["failed"],
         "encoder_passes": pair_matcher.num_encoder_passes,
+        # the dense warp's float sums, hence the drawn matches, depend on the thread count
+        "torch_threads": torch.get_num_threads(),
     }
     for n, msg in report["failed_images"].items():
         summary["skipped_images"][n] = msg

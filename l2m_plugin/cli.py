@@ -211,8 +211,6 @@ def _output_folder_problem(folder: Path, flag: str) -> str | None:
 
 def _load_model(args: argparse.Namespace, progress: _Progress, prog: str):
     """The L2M model the matcher flags ask for, or None after printing the error."""
-    import torch
-
     overrides = {}
     if args.coarse_res is not None:
         overrides["coarse_res"] = _res(args.coarse_res)
@@ -220,8 +218,6 @@ def _load_model(args: argparse.Namespace, progress: _Progress, prog: str):
         overrides["upsample_res"] = _res(args.upsample_res)
     if args.dtype:
         overrides["dtype"] = args.dtype
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.weights is None:
         args.weights = DEFAULT_WEIGHTS
         progress(f"no --weights given: using {DEFAULT_WEIGHTS!r}, the small model shipped with l2m_plugin "
@@ -570,10 +566,6 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     progress(f"{args.images} -> {args.out}: {args.pairs_per_image} pairs per image, depth {args.depth}, "
              f"size {args.size}, preset {args.preset}, seed {args.seed}")  # fmt: skip
     try:
@@ -790,7 +782,7 @@ _RESUME = {
 def main(argv: list[str] | None = None) -> int:
     """Run one ``l2m`` command. Ctrl-C ends it with one line saying what was kept (exit 130)."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "threads", 0):  # every matcher (SIFT and the oracle too), not only L2M's loader
+    if getattr(args, "threads", 0):  # every command with --threads, whatever its matcher
         import torch
 
         torch.set_num_threads(args.threads)

@@ -228,6 +228,7 @@ class Benchmark:
             ValueError: the cache holds another matcher's or another setting's matches.
             BenchmarkDataError: images missing.
         """
+        import torch
         from tqdm import tqdm
 
         out_dir = Path(out_dir)
@@ -236,8 +237,6 @@ class Benchmark:
         self.check_images(pairs)
         settings = {"benchmark": self.name, "matcher": matcher.settings(), "predict": self.conf["predict"]}
         store = PairMatchStore(pair_store_path(out_dir), settings, overwrite=overwrite)
-        import torch
-
         # torch_threads: the dense warp's float sums (hence the drawn matches) depend on it.
         atomic_json(
             out_dir / "predict_conf.json",

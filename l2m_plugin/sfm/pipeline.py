@@ -250,6 +250,8 @@ def reconstruct(
         ValueError: bad pairs spec, duplicate image names, or stored matches from
             another matcher setting (without ``overwrite``).
     """
+    import torch
+
     image_dir, out = Path(image_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -273,8 +275,6 @@ def reconstruct(
     store = PairMatchStore(out / STORE_NAME, pair_matcher.settings(), overwrite=overwrite)
     with _timed(timings, "matching"):
         report = match_pairs(pair_matcher, pair_list, store, progress=progress, fingerprints=fingerprints)
-    import torch
-
     summary["matching"] = {
         "new_pairs": report["matched"],
         "reused_pairs": report["skipped"],

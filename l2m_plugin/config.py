@@ -260,6 +260,10 @@ class MatcherConfig:
         covisible_thresh: first-pass certainty at or above which a cell counts as
             co-visible, in [0, 1].
         covisible_margin: growth of each box per side, a fraction of its size (>= 0).
+        covisible_scales: shrink factors (each > 1) of the scale search before the crop
+            pass (:mod:`l2m_plugin.models.covisible`): for each, one more first pass per
+            image with that image shrunk, for scale changes beyond the network's range;
+            () = none. Unused without ``covisible_crop`` (like ``covisible_thresh``).
     """
 
     coarse_res: tuple[int, int] = (560, 560)
@@ -279,6 +283,7 @@ class MatcherConfig:
     covisible_crop: bool = False
     covisible_thresh: float = 0.5
     covisible_margin: float = 0.1
+    covisible_scales: tuple[float, ...] = ()
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -312,6 +317,12 @@ class MatcherConfig:
             raise ValueError(f"covisible_thresh must be in [0, 1], got {self.covisible_thresh}")
         if not float(self.covisible_margin) >= 0.0:
             raise ValueError(f"covisible_margin must be >= 0, got {self.covisible_margin}")
+        scales = self.covisible_scales
+        if isinstance(scales, (int, float)) or not all(isinstance(f, (int, float)) for f in scales):
+            raise ValueError(f"covisible_scales must be a list of numbers > 1, got {scales!r}")
+        set_(self, "covisible_scales", tuple(float(f) for f in scales))
+        if any(not f > 1 for f in self.covisible_scales):
+            raise ValueError(f"covisible_scales must all be > 1 (shrink factors), got {list(self.covisible_scales)}")
         if self.sample_density not in DENSITY_METHODS:
             raise ValueError(f"sample_density must be 'grid' or 'exact', got {self.sample_density!r}")
 
@@ -412,7 +423,7 @@ PRESETS: dict[str, MatcherConfig] = {
     "l2m-fork-defaults": MatcherConfig(coarse_res=672, upsample_res=1344),
     "romatch": MatcherConfig(normalize=True, displacement_scale="romatch", gp_solve="cholesky"),
     "l2m-tiny": MatcherConfig(arch="tiny-ds", coarse_res=384, upsample_res=None, normalize=True, gp_solve="cholesky",
-                              attenuate_cert=False, sample_thresh=0.5, covisible_crop=True),
+                              attenuate_cert=False, sample_thresh=0.5, covisible_crop=True, covisible_scales=(2.0,)),
     "tiny": MatcherConfig(arch="tiny", coarse_res=320, upsample_res=None, normalize=True, gp_solve="cholesky"),
 }
 

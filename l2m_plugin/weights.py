@@ -166,11 +166,11 @@ REGISTRY: dict[str, WeightsEntry] = {
     for e in (
         WeightsEntry(
             "l2m-tiny", "matcher", "", "l2m_tiny.pth", packaged="assets/l2m_tiny.pth", preset="l2m-tiny",
-            sha256="994d747fd83bc436bc58755ad19c4168b69fb7c4495e21ad1f6c14ff2a49e836", size=5184587,
+            sha256="943f83b5ed42c9b20b66eb99b9468e776bf6dbe6e9adba4511e437e5a9bb6843", size=5183563,
             source="trained by l2m-plugin: configs/train/stage2_tiny_ds.yaml (1,600 steps), then "
             "configs/train/stage2_tiny_ds_ft.yaml (2,400 steps), then configs/train/stage2_tiny_ds_384.yaml "
             "(1,600 steps) on l2m synth and homography pairs from ../shared/data/single_view; inference: "
-            "co-visible crop pass, sample_thresh 0.5 (README, l2m-tiny)",
+            "co-visible crop pass with a scale search at 2x, sample_thresh 0.5 (README, l2m-tiny)",
         ),
         WeightsEntry(
             "l2mpp-v1", "matcher", _HF + "l2m%2B%2B_560x560.pth", "l2m++_560x560.pth",

@@ -9,7 +9,14 @@ import torch.nn.functional as F
 
 from l2m_plugin import L2M
 from l2m_plugin.config import PRESETS
-from l2m_plugin.models.covisible import MIN_POINTS, covisible_box, covisible_pass, crop_to_full
+from l2m_plugin.models.covisible import (
+    CANVAS_FILL,
+    MIN_POINTS,
+    covisible_box,
+    covisible_pass,
+    crop_to_full,
+    shrink_to_canvas,
+)
 
 W, H = 128, 96
 OUT = (48, 64)  # (H_o, W_o) of the oracle's output grid
@@ -178,3 +185,132 @@ def test_config_checks_its_fields():
         PRESETS["l2m-tiny"].replace(covisible_thresh=1.5)
     with pytest.raises(ValueError, match="covisible_margin"):
         PRESETS["l2m-tiny"].replace(covisible_margin=-0.1)
+
+
+# ---------------------------------------------------------------- scale search
+ZOOM4_OFF = torch.tensor([48.0, 36.0])  # image 1: a 4x zoom into image 0's box [48, 80) x [36, 60)
+
+
+def _fitted(img):
+    """Least-squares affine map of a coordinate image (normalised position -> image-0 pixel) on
+    its coordinate pixels; the canvas fill (blue channel 0.406; coordinate images have 0) is left out."""
+    h, w = img.shape[-2:]
+    n = _grid(h, w).reshape(-1, 2)
+    v = img[0, :2].permute(1, 2, 0).reshape(-1, 2) * 256
+    keep = img[0, 2].reshape(-1) < 0.2
+    A = torch.cat((n, torch.ones(len(n), 1)), 1).double()
+    return torch.linalg.lstsq(A[keep], v[keep].double()).solution  # (3, 2)
+
+
+def _range_limited_once(limit):
+    """An oracle matcher that only matches when the two inputs show the scene at scales within
+    ``limit`` of each other (as a network trained on 0.5-2x does); certainty 0 otherwise, on fill
+    and off the other input's content."""
+
+    def once(c0, c1):
+        m0, m1 = _fitted(c0), _fitted(c1)
+        ratio = float((torch.linalg.det(m0[:2]).abs() / torch.linalg.det(m1[:2]).abs()).sqrt())
+        out = {}
+        for k, (src, dst, md) in enumerate(((c0, c1, m1), (c1, c0, m0))):
+            g = _grid(*OUT)
+            vals = F.grid_sample(
+                src, g[None], mode="bilinear", padding_mode="border", align_corners=False
+            )
+            vals = vals[0].permute(1, 2, 0)
+            fill = (
+                F.grid_sample(src[:, 2:], g[None], mode="nearest", align_corners=False)[0, 0] >= 0.2
+            )
+            n = torch.linalg.solve(
+                md[:2].T, (vals[..., :2].double() * 256 - md[2]).reshape(-1, 2).T
+            )
+            n = n.T.reshape(*OUT, 2).float()
+            on_dst = (
+                F.grid_sample(dst[:, 2:], n[None], mode="nearest", align_corners=False)[0, 0] < 0.2
+            )
+            cert = ((n.abs() <= 1).all(-1) & ~fill & (vals[..., 2] < 0.01) & on_dst).float()
+            if not 1 / limit <= ratio <= limit:
+                cert = torch.zeros_like(cert)
+            out[f"warp{k}"], out[f"certainty{k}"] = n.clamp(-1, 1)[None], cert[None]
+        return out
+
+    return once
+
+
+def _zoom4_images():
+    p0 = _to_px(_grid(H, W), (W, H))
+    src = _to_px(_grid(H, W), (W, H)) / 4 + ZOOM4_OFF
+    im0 = torch.cat((p0 / 256, torch.zeros(H, W, 1)), -1).permute(2, 0, 1)[None]
+    im1 = torch.cat((src / 256, torch.zeros(H, W, 1)), -1).permute(2, 0, 1)[None]
+    return im0, im1
+
+
+def test_shrink_to_canvas_places_the_content_pixel_exactly():
+    img = torch.rand(1, 3, 60, 90)
+    canvas, place = shrink_to_canvas(img, 3.0, (48, 64))
+    assert place == (21, 16, 21, 16)  # x0, y0, content w, h: round(64 / 3), round(48 / 3), centred
+    x0, y0, cw, ch = place
+    assert torch.allclose(canvas[0, :, 0, 0], torch.tensor(CANVAS_FILL))
+    content = canvas[:, :, y0 : y0 + ch, x0 : x0 + cw]
+    assert content.mean() == pytest.approx(img.mean().item(), abs=0.02)  # area-preserving shrink
+    with pytest.raises(ValueError, match="> 1"):
+        shrink_to_canvas(img, 1.0, (48, 64))
+
+
+def test_scale_search_finds_a_4x_zoom_beyond_the_matchers_range():
+    im0, im1 = _zoom4_images()
+    once = _range_limited_once(limit=2.0)
+    first = once(im0, im1)
+    assert first["certainty0"].sum() == 0  # a 4x zoom: the plain pass matches nothing
+    plain = covisible_pass(first, im0, im1, once, thresh=0.5, margin=0.1)
+    assert plain["covisible_boxes"] == [None]
+    out = covisible_pass(
+        first, im0, im1, once, thresh=0.5, margin=0.1, scales=(3.0,), coarse_size=OUT
+    )
+    assert out["covisible_scales"] == [(1, 3.0)]  # image 1 (the close-up) shrunk by 3: 4/3 left
+    ((box0, box1),) = out["covisible_boxes"]
+    # box 0: the zoomed region [48, 80) x [36, 60) grown by 10% per side (and the 1/8 floor);
+    # box 1: all of image 1
+    assert box0 == pytest.approx((44.8, 33.6, 83.2, 62.4), abs=3)
+    assert box1 == pytest.approx((0, 0, W, H), abs=2)
+    p0 = _to_px(_grid(*OUT), (W, H))
+    true = _to_n((p0 - ZOOM4_OFF) * 4, (W, H))
+    valid = (true.abs() <= 1).all(-1)
+    ok = out["certainty0"][0] > 0.99
+    assert ok.sum() >= 0.8 * valid.sum()
+    assert (out["warp0"][0][ok] - true[ok]).abs().max() < 1e-3
+
+
+def test_scale_search_keeps_the_plain_pass_when_it_is_the_most_certain():
+    im0, im1 = _coordinate_images()  # a 2x zoom: within the oracle's range
+    once = _range_limited_once(limit=2.5)
+    out = covisible_pass(
+        once(im0, im1), im0, im1, once, thresh=0.5, margin=0.1, scales=(3.0,), coarse_size=OUT
+    )
+    assert out["covisible_scales"] == [None]
+    ((box0, box1),) = out["covisible_boxes"]
+    assert box0 == pytest.approx((25.6, 19.2, 102.4, 76.8), abs=3)
+
+
+def test_scale_search_needs_coarse_size_and_factors_above_one():
+    im0, im1 = _coordinate_images()
+    first = _oracle_once(im0, im1)
+    with pytest.raises(ValueError, match="coarse_size"):
+        covisible_pass(first, im0, im1, _oracle_once, thresh=0.5, margin=0.1, scales=(2.0,))
+    with pytest.raises(ValueError, match="covisible_scales must all be > 1"):
+        PRESETS["l2m-tiny"].replace(covisible_scales=[0.5])
+    with pytest.raises(ValueError, match="list of numbers"):
+        PRESETS["l2m-tiny"].replace(covisible_scales=2.0)
+    assert PRESETS["l2m-tiny"].replace(covisible_scales=[2]).covisible_scales == (2.0,)
+
+
+def test_matcher_runs_the_scale_search():
+    torch.manual_seed(0)
+    cfg = PRESETS["l2m-tiny"].replace(
+        coarse_res=(64, 64), covisible_thresh=0.0, covisible_scales=(2.0,)
+    )
+    model = L2M(cfg).eval()
+    x0, x1 = torch.rand(1, 3, 96, 128), torch.rand(1, 3, 80, 100)
+    with torch.no_grad():
+        out = model({"image0": x0, "image1": x1})
+    assert out["warp0"].shape == (1, 64, 64, 2) and len(out["covisible_scales"]) == 1
+    assert out["covisible_scales"][0] in (None, (0, 2.0), (1, 2.0))

@@ -211,6 +211,8 @@ class DensePairMatcher:
                 full = [resize_to_tensor(im.image, im.image.size[::-1])[None].to(self.matcher.device) for im in ims]
                 out = self.matcher.covisible_pass(out, *full)
                 self.num_encoder_passes += sum(bx is not None for bx in out["covisible_boxes"]) * 2
+                sides = 2 if "warp1" in out else 1  # the scale search: one pass per factor and side
+                self.num_encoder_passes += len(getattr(cfg, "covisible_scales", ())) * sides * 2
         else:
             (x0, _), (x1, _) = self._tensors(name0), self._tensors(name1)
             out = self.matcher({"image0": x0, "image1": x1})

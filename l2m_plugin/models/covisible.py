@@ -12,6 +12,16 @@ the first pass's output grid; outside the box of image 0 (resp. 1) the certainty
 This is the overlap-cropping idea of OETR (Chen et al., "Guide Local Feature Matching by
 Overlap Estimation", AAAI 2022), with the first dense pass as the overlap estimator.
 
+Scale search (``MatcherConfig.covisible_scales``): when the scale change is beyond what the
+network matches at all (a close-up of a portal against a view of the whole church), the
+first pass finds no co-visible region to crop. Each factor ``s`` adds first passes in which
+one image (each of the two in turn) is shrunk by ``s`` into the middle of a canvas of the
+coarse size, filled with ImageNet's mean colour (0 after normalisation). The candidate
+with the highest mean certainty over the shrunk image's content (over the whole image for
+the plain pass, the larger of the two images' means) gives the boxes. This is the image
+pyramid of classical matchers reduced to the coarse search; the crop pass then matches at
+the full input size as before.
+
 Coordinates: normalised (x, y) in [-1, 1], pixel centres at ``2 (i + 0.5) / W - 1``
 (:mod:`l2m_plugin.coords`); boxes are integer pixel ranges ``[x0, x1) x [y0, y1)`` of the
 full-resolution input tensors.
@@ -24,12 +34,16 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from l2m_plugin.coords import normalized_grid, normalized_to_pixel
+from l2m_plugin.coords import normalized_grid, normalized_to_pixel, pixel_to_normalized
 
-__all__ = ["covisible_box", "crop_to_full", "covisible_pass"]
+__all__ = ["covisible_box", "crop_to_full", "shrink_to_canvas", "covisible_pass"]
 
 #: fewest confident output cells a box is estimated from; fewer: no second pass
 MIN_POINTS = 32
+
+#: fill of the canvas around a shrunk image (ImageNet mean RGB, in [0, 1]): 0 after the
+#: matcher's normalisation
+CANVAS_FILL = (0.485, 0.456, 0.406)
 
 
 def covisible_box(
@@ -97,6 +111,84 @@ def crop_to_full(warp: torch.Tensor, certainty: torch.Tensor, box_a, box_b, size
     return torch.stack((wx, wy), dim=-1), s[2] * inside
 
 
+def shrink_to_canvas(image: torch.Tensor, factor: float, size: tuple[int, int]):
+    """An image shrunk by ``factor`` into the middle of a ``size`` canvas.
+
+    Args:
+        image: (1, 3, H, W) float RGB in [0, 1], any size.
+        factor: > 1; the content is ``round(h / factor) x round(w / factor)`` pixels.
+        size: (h, w) of the canvas (the matcher's coarse size: it is not resized again).
+    Returns:
+        ``(canvas (1, 3, h, w), (x0, y0, cw, ch))``: the content's top-left pixel corner and
+        size in canvas pixels (bilinear, antialiased resize; :data:`CANVAS_FILL` around it).
+    Raises:
+        ValueError: ``factor <= 1``.
+    """
+    if not factor > 1:
+        raise ValueError(f"a shrink factor must be > 1, got {factor}")
+    h, w = size
+    ch, cw = max(1, round(h / factor)), max(1, round(w / factor))
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    canvas = image.new_tensor(CANVAS_FILL).view(1, 3, 1, 1).expand(1, 3, h, w).clone()
+    small = F.interpolate(
+        image.float(), size=(ch, cw), mode="bilinear", align_corners=False, antialias=True
+    )
+    canvas[:, :, y0 : y0 + ch, x0 : x0 + cw] = small.clamp(0, 1).to(canvas.dtype)
+    return canvas, (x0, y0, cw, ch)
+
+
+def _canvas_to_image(pts: torch.Tensor, place, size: tuple[int, int]) -> torch.Tensor:
+    """Normalised canvas (x, y) -> normalised coordinates of the shrunk image (pixel-exact)."""
+    x0, y0, cw, ch = place
+    h, w = size
+    px = normalized_to_pixel(pts, w, h) - pts.new_tensor([x0, y0])
+    return pixel_to_normalized(px, cw, ch)
+
+
+def _confident_points(out: dict, j: int, thresh: float):
+    """``(pts0 (N, 2), pts1 (N, 2))``: the normalised point pairs of pass ``out``'s pair ``j``
+    whose certainty is >= ``thresh``, both directions when symmetric."""
+    g = normalized_grid(*out["warp0"].shape[1:3], device=out["warp0"].device)
+    ok0 = out["certainty0"][j] >= thresh
+    pts0, pts1 = [g[ok0]], [out["warp0"][j][ok0]]
+    if "warp1" in out:
+        g1 = normalized_grid(*out["warp1"].shape[1:3], device=out["warp1"].device)
+        ok1 = out["certainty1"][j] >= thresh
+        pts1.append(g1[ok1])
+        pts0.append(out["warp1"][j][ok1])
+    return torch.cat(pts0), torch.cat(pts1)
+
+
+def _scale_search(first: dict, i: int, image0, image1, match_once, scales, size, thresh):
+    """The confident point pairs of the best first-pass candidate of pair ``i`` (module
+    docstring): ``(pts0 (N, 2), pts1 (N, 2), choice)`` normalised in the full images, with
+    ``choice`` None (plain pass) or ``(side, factor)``."""
+    sym = "warp1" in first
+    means = [first["certainty0"][i].float().mean()]
+    if sym:
+        means.append(first["certainty1"][i].float().mean())
+    best = (float(max(means)), None, first, i, None)
+    x = (image0[i : i + 1], image1[i : i + 1])
+    for factor in scales:
+        for side in (0, 1) if sym else (0,):
+            canvas, place = shrink_to_canvas(x[side], float(factor), size)
+            other = x[1 - side]  # match_once resizes it to the coarse size
+            out = match_once(*((canvas, other) if side == 0 else (other, canvas)))
+            gs = normalized_grid(*out[f"certainty{side}"].shape[1:3], device=canvas.device)
+            inside = (_canvas_to_image(gs, place, size).abs() <= 1).all(-1)
+            score = float(out[f"certainty{side}"][0][inside].float().mean())
+            if score > best[0]:
+                best = (score, (side, float(factor)), out, 0, place)
+    _, choice, out, j, place = best
+    pts0, pts1 = _confident_points(out, j, thresh)
+    if choice is not None:  # canvas -> image coordinates; drop points off the content
+        both = [pts0, pts1]
+        both[choice[0]] = _canvas_to_image(both[choice[0]], place, size)
+        keep = (both[choice[0]].abs() <= 1).all(-1)
+        pts0, pts1 = both[0][keep], both[1][keep]
+    return pts0, pts1, choice
+
+
 def covisible_pass(
     first: dict,
     image0: torch.Tensor,
@@ -105,6 +197,8 @@ def covisible_pass(
     *,
     thresh: float,
     margin: float,
+    scales: tuple[float, ...] = (),
+    coarse_size: tuple[int, int] | None = None,
 ) -> dict:
     """Match the co-visible crops of each pair again and return the first pass's output
     format on its grid (see the module docstring).
@@ -118,31 +212,44 @@ def covisible_pass(
             matching pass (it resizes the crops to the coarse size).
         thresh: first-pass certainty at or above which a cell counts as co-visible.
         margin: box growth per side (fraction of the box size).
+        scales: shrink factors (> 1) of the scale search (module docstring); () = none.
+            Each adds one pass per image (two when symmetric) to every pair.
+        coarse_size: (h, w) the candidates are built at (the matcher's ``coarse_res``);
+            needed when ``scales`` is not empty.
     Returns:
         a new output dict (same keys, shapes and dtypes as ``first``) with
         ``covisible_boxes``: per pair ``(box0, box1)`` pixel boxes, or None where the
         first pass was kept (too few confident cells, or boxes covering >= 90% of both
-        images).
+        images); with ``scales``, also ``covisible_scales``: per pair None (the plain
+        first pass gave the boxes) or ``(side, factor)``: image ``side`` shrunk by
+        ``factor`` did.
+    Raises:
+        ValueError: ``scales`` without ``coarse_size``, or a factor <= 1.
     """
+    scales = tuple(float(f) for f in scales)
+    if scales and coarse_size is None:
+        raise ValueError("covisible_pass: scales need coarse_size (the matcher's coarse_res)")
+    if any(not f > 1 for f in scales):
+        raise ValueError(f"covisible_pass: shrink factors must be > 1, got {scales}")
     out = dict(first)
     sym = "warp1" in first
     keys = ["warp0", "certainty0"] + (["warp1", "certainty1"] if sym else [])
     for k in keys:
         out[k] = first[k].clone()
     b, ho, wo, _ = first["warp0"].shape
-    g = normalized_grid(ho, wo, device=first["warp0"].device)
     size0 = (int(image0.shape[-1]), int(image0.shape[-2]))
     size1 = (int(image1.shape[-1]), int(image1.shape[-2]))
-    boxes = []
+    boxes, choices = [], []
     for i in range(b):
-        ok0 = first["certainty0"][i] >= thresh
-        pts0, pts1 = [g[ok0]], [first["warp0"][i][ok0]]
-        if sym:
-            ok1 = first["certainty1"][i] >= thresh
-            pts1.append(g[ok1])
-            pts0.append(first["warp1"][i][ok1])
-        box0 = covisible_box(torch.cat(pts0), size0, margin)
-        box1 = covisible_box(torch.cat(pts1), size1, margin)
+        if scales:
+            pts0, pts1, choice = _scale_search(
+                first, i, image0, image1, match_once, scales, coarse_size, thresh
+            )
+            choices.append(choice)
+        else:
+            pts0, pts1 = _confident_points(first, i, thresh)
+        box0 = covisible_box(pts0, size0, margin)
+        box1 = covisible_box(pts1, size1, margin)
         if (
             box0 is None
             or box1 is None
@@ -174,4 +281,6 @@ def covisible_pass(
             )
         boxes.append((box0, box1))
     out["covisible_boxes"] = boxes
+    if scales:
+        out["covisible_scales"] = choices
     return out

@@ -212,6 +212,7 @@ class L2M(nn.Module):
         return covisible_pass(
             out, image0, image1, lambda c0, c1: self._forward_once({"image0": c0, "image1": c1}),
             thresh=float(self.config.covisible_thresh), margin=float(self.config.covisible_margin),
+            scales=tuple(self.config.covisible_scales), coarse_size=tuple(self.config.coarse_res),
         )  # fmt: skip
 
     def _forward_once(self, data: dict) -> dict:

@@ -331,6 +331,28 @@ def test_sift_reconstructs_sacre_coeur(tmp_path):
     assert s["model"]["mean_track_length"] > 3.0
 
 
+def test_encoder_passes_count_the_crop_pass_and_the_scale_search(scene, scene_dir, tmp_path):
+    """Per pair: 2 passes per searched factor and image side, 2 more when the crop pass runs."""
+    from l2m_plugin import L2M
+    from l2m_plugin.config import PRESETS
+
+    torch.manual_seed(0)
+    base = PRESETS["l2m-tiny"].replace(coarse_res=(64, 64), covisible_thresh=0.0)
+    names = [v.name for v in scene.views[:3]]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    counts = {}
+    for scales in ((), (2.0,)):
+        model = L2M(base.replace(covisible_scales=scales)).eval()
+        pm = DensePairMatcher(model, scene_dir, num_matches=100)
+        store = PairMatchStore(tmp_path / f"m{len(scales)}.h5", pm.settings())
+        assert match_pairs(pm, pairs, store, progress=False)["matched"] == 3
+        counts[scales] = pm.num_encoder_passes - len(names)  # one pass per image, then per pair
+    crops = counts[()]
+    assert crops % 2 == 0 and 0 <= crops <= 2 * len(pairs)
+    searched = counts[(2.0,)] - 4 * len(pairs)  # two sides x one factor x two encoder passes
+    assert searched % 2 == 0 and 0 <= searched <= 2 * len(pairs)
+
+
 def test_cli_reconstruct_with_l2m_weights_runs_end_to_end(official_checkpoint, tmp_path):
     """`l2m reconstruct ... --matcher l2m --weights CKPT` on the real photos (random weights, tiny resolution)."""
     from l2m_plugin.cli import main

@@ -296,6 +296,10 @@ def test_scale_search_needs_coarse_size_and_factors_above_one():
     first = _oracle_once(im0, im1)
     with pytest.raises(ValueError, match="coarse_size"):
         covisible_pass(first, im0, im1, _oracle_once, thresh=0.5, margin=0.1, scales=(2.0,))
+    with pytest.raises(ValueError, match="> 1"):
+        covisible_pass(
+            first, im0, im1, _oracle_once, thresh=0.5, margin=0.1, scales=(1.0,), coarse_size=OUT
+        )
     with pytest.raises(ValueError, match="covisible_scales must all be > 1"):
         PRESETS["l2m-tiny"].replace(covisible_scales=[0.5])
     with pytest.raises(ValueError, match="list of numbers"):

@@ -123,6 +123,7 @@ def shrink_to_canvas(image: torch.Tensor, factor: float, size: tuple[int, int]):
         size in canvas pixels (bilinear, antialiased resize; :data:`CANVAS_FILL` around it).
     Raises:
         ValueError: ``factor <= 1``.
+    Source: ours (one level of an image pyramid, padded to the matcher's fixed input size).
     """
     if not factor > 1:
         raise ValueError(f"a shrink factor must be > 1, got {factor}")
@@ -224,13 +225,12 @@ def covisible_pass(
         first pass gave the boxes) or ``(side, factor)``: image ``side`` shrunk by
         ``factor`` did.
     Raises:
-        ValueError: ``scales`` without ``coarse_size``, or a factor <= 1.
+        ValueError: ``scales`` without ``coarse_size``, or a factor <= 1
+            (:func:`shrink_to_canvas`).
     """
-    scales = tuple(float(f) for f in scales)
+    scales = tuple(scales)
     if scales and coarse_size is None:
         raise ValueError("covisible_pass: scales need coarse_size (the matcher's coarse_res)")
-    if any(not f > 1 for f in scales):
-        raise ValueError(f"covisible_pass: shrink factors must be > 1, got {scales}")
     out = dict(first)
     sym = "warp1" in first
     keys = ["warp0", "certainty0"] + (["warp1", "certainty1"] if sym else [])

@@ -234,6 +234,10 @@ class MatcherConfig:
             certainty logit from the final one (RoMa ``attenuate_cert``).
         sample_thresh: certainties above this count as 1 when drawing samples
             (RoMa "threshold_balanced"); returned scores stay raw.
+        sample_cutoff: draw only pixels whose certainty is above ``sample_thresh``.
+            ``False`` (RoMa) draws the others too, in proportion to their certainty,
+            which suits a certainty near 0 off the co-visible part; l2m-tiny's is
+            not (README, "Upsampling pass and sampling cutoff").
         sample_density: the density estimate of balanced sampling: ``"grid"``
             (linear cost, the default) or ``"exact"`` (RoMa's all-pairs estimate,
             quadratic); :mod:`l2m_plugin.sampling` gives the method and its error.
@@ -244,6 +248,12 @@ class MatcherConfig:
             (:mod:`l2m_plugin.hardware`).
         normalize: apply ImageNet mean/std to the [0, 1] input.
         color_order: "RGB" or "BGR": channel order fed to the network.
+        upsample_certainty: the certainty of the upsampling pass's output:
+            ``"refined"`` (RoMa): the coarse pass's final certainty logit plus the
+            residuals of the upsampling pass's refiners (every refiner's residual is
+            added twice, once per pass); ``"coarse"``: the coarse pass's final
+            certainty, bilinearly resized, while the warp comes from the upsampling
+            pass. Unused without ``upsample_res``.
         displacement_scale: "l2m" or "romatch": the factor applied to the
             displacement embedding in each pass (see module docstring).
         gp_solve: "cholesky" or "inverse" (same function, different round-off).
@@ -271,11 +281,13 @@ class MatcherConfig:
     symmetric: bool = True
     attenuate_cert: bool = True
     sample_thresh: float = 0.05
+    sample_cutoff: bool = False
     sample_density: str = "grid"
     encoder: str = "vitl14"
     dtype: str = "float32"
     normalize: bool = False
     color_order: str = "RGB"
+    upsample_certainty: str = "refined"
     displacement_scale: str = "l2m"
     gp_solve: str = "inverse"
     memory_budget_gb: float | None = None
@@ -303,6 +315,10 @@ class MatcherConfig:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if self.color_order not in ("RGB", "BGR"):
             raise ValueError(f"color_order must be 'RGB' or 'BGR', got {self.color_order!r}")
+        if self.upsample_certainty not in ("refined", "coarse"):
+            raise ValueError(f"upsample_certainty must be 'refined' or 'coarse', got {self.upsample_certainty!r}")
+        if not isinstance(self.sample_cutoff, bool):
+            raise ValueError(f"sample_cutoff must be true or false, got {self.sample_cutoff!r}")
         if self.displacement_scale not in ("l2m", "romatch"):
             raise ValueError(f"displacement_scale must be 'l2m' or 'romatch', got {self.displacement_scale!r}")
         if self.gp_solve not in ("cholesky", "inverse"):
@@ -423,7 +439,8 @@ PRESETS: dict[str, MatcherConfig] = {
     "l2m-fork-defaults": MatcherConfig(coarse_res=672, upsample_res=1344),
     "romatch": MatcherConfig(normalize=True, displacement_scale="romatch", gp_solve="cholesky"),
     "l2m-tiny": MatcherConfig(arch="tiny-ds", coarse_res=384, upsample_res=None, normalize=True, gp_solve="cholesky",
-                              attenuate_cert=False, sample_thresh=0.5, covisible_crop=True, covisible_scales=(2.0,)),
+                              attenuate_cert=False, sample_thresh=0.5, covisible_crop=True, covisible_scales=(2.0,),
+                              sample_cutoff=True, upsample_certainty="coarse"),
     "tiny": MatcherConfig(arch="tiny", coarse_res=320, upsample_res=None, normalize=True, gp_solve="cholesky"),
 }
 

@@ -8,7 +8,10 @@ match coordinates) is estimated over the candidates and the final matches are
 drawn with probability ``1 / (1 + density)``, candidates with density < 10
 getting 1e-7. Differences from the reference, on purpose: the density is computed
 in float32 (the reference uses float16 and a full N x N matrix), and the returned
-score is the raw certainty, not the thresholded one.
+score is the raw certainty, not the thresholded one. Optional, off by default (the
+reference's rule): ``cutoff`` draws only candidates above ``sample_thresh``
+(``MatcherConfig.sample_cutoff``), for a network whose certainty below the threshold
+is not near 0 (l2m-tiny: README, "Upsampling pass and sampling cutoff").
 
 Two estimates of that density, the same function up to a small, measured error:
 
@@ -195,6 +198,7 @@ def balanced_sample(
     balanced: bool = True,
     generator: torch.Generator | None = None,
     density: str = "grid",
+    cutoff: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ``num`` matches from dense candidates.
 
@@ -209,6 +213,8 @@ def balanced_sample(
             same matches).
         density: ``"grid"`` (:func:`grid_kde`, linear cost) or ``"exact"``
             (:func:`kde`, quadratic, RoMa's estimate); module docstring.
+        cutoff: draw only candidates with certainty above ``sample_thresh`` (RoMa
+            draws the others too, in proportion to their certainty).
     Returns:
         ``(matches (M, 4), certainty (M,))`` with M <= num; the certainty is raw.
     Raises:
@@ -223,6 +229,8 @@ def balanced_sample(
             f"expected matches (N, 4) and certainty (N,), got {tuple(matches.shape)} and {tuple(certainty.shape)}"
         )
     weights = certainty.float().clone()
+    if cutoff:
+        weights[weights <= sample_thresh] = 0.0
     weights[weights > sample_thresh] = 1.0
     n_valid = int((weights > 0).sum())
     if n_valid == 0:
@@ -251,6 +259,7 @@ def sample_matches(
     frame: str = "stored",
     balanced: bool = True,
     density: str = "grid",
+    cutoff: bool = False,
 ) -> dict:
     """Sparse matches from a dense matcher's output (the body of ``L2M.sample``).
 
@@ -258,7 +267,7 @@ def sample_matches(
         out: dict with ``warp0`` (B, H, W, 2), ``certainty0`` (B, H, W), optional
             ``warp1``/``certainty1`` (symmetric), ``size0``/``size1`` (W, H) of the
             images in pixels, optional ``images`` (two :class:`~l2m_plugin.io.LoadedImage`).
-        num, sample_thresh, generator, balanced, density: see :func:`balanced_sample`.
+        num, sample_thresh, generator, balanced, density, cutoff: see :func:`balanced_sample`.
         batch_index: which pair of the batch.
         frame: ``"stored"`` (keypoints in the stored pixel grid, before EXIF
             orientation, when ``out["images"]`` is present) or ``"upright"``.
@@ -281,7 +290,7 @@ def sample_matches(
         matches.append(torch.cat((warp1, grid1), dim=-1).reshape(-1, 4))
         certs.append(cert1.reshape(-1))
     m, c = balanced_sample(
-        torch.cat(matches), torch.cat(certs), num, sample_thresh, balanced, generator, density
+        torch.cat(matches), torch.cat(certs), num, sample_thresh, balanced, generator, density, cutoff
     )
     (w0, h0), (w1, h1) = out["size0"], out["size1"]
     k0 = normalized_to_pixel(m[:, :2].float(), w0, h0)

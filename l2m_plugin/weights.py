@@ -166,7 +166,7 @@ REGISTRY: dict[str, WeightsEntry] = {
     for e in (
         WeightsEntry(
             "l2m-tiny", "matcher", "", "l2m_tiny.pth", packaged="assets/l2m_tiny.pth", preset="l2m-tiny",
-            sha256="943f83b5ed42c9b20b66eb99b9468e776bf6dbe6e9adba4511e437e5a9bb6843", size=5183563,
+            sha256="fc32f4bce2506d661767ca24fcd8921d1ffa4e69452c998cb5ffce4dd40d6f1e", size=5183627,
             source="trained by l2m-plugin: configs/train/stage2_tiny_ds.yaml (1,600 steps), then "
             "configs/train/stage2_tiny_ds_ft.yaml (2,400 steps), then configs/train/stage2_tiny_ds_384.yaml "
             "(1,600 steps) on l2m synth and homography pairs from ../shared/data/single_view; inference: "

@@ -142,6 +142,32 @@ def test_zero_certainty_is_never_sampled():
         balanced_sample(m, c, 0)
 
 
+def test_cutoff_draws_only_above_the_threshold():
+    # 9,000 uncertain pixels (0.3) and 1,000 certain ones (0.9): RoMa's rule draws the
+    # uncertain ones in proportion to their certainty (expected share of 2,000 candidates
+    # without replacement about 0.73); the cutoff never draws them
+    torch.manual_seed(0)
+    m = torch.rand(10000, 4) * 2 - 1
+    c = torch.full((10000,), 0.3)
+    c[:1000] = 0.9
+    g = torch.Generator().manual_seed(0)
+    _, soft = balanced_sample(m, c, 2000, sample_thresh=0.5, balanced=False, generator=g)
+    _, hard = balanced_sample(m, c, 2000, sample_thresh=0.5, balanced=False, generator=g, cutoff=True)
+    assert 0.6 < (soft == 0.3).float().mean() < 0.85
+    assert len(hard) == 1000 and (hard == 0.9).all()  # fewer than asked: only 1,000 qualify
+    _, bal = balanced_sample(m, c, 200, sample_thresh=0.5, generator=g, cutoff=True)
+    assert len(bal) == 200 and (bal == 0.9).all()
+
+
+def test_sample_uses_the_config_cutoff(small_model):
+    out = {"warp0": torch.zeros(1, 8, 8, 2), "certainty0": torch.full((1, 8, 8), 0.3), "size0": (8, 8), "size1": (8, 8)}
+    out["certainty0"][0, :2] = 0.9  # 16 certain pixels
+    g = torch.Generator().manual_seed(0)
+    cut = L2M(SMALL.replace(sample_thresh=0.5, sample_cutoff=True))
+    assert len(cut.sample(out, 40, generator=g, balanced=False)["certainty"]) == 16
+    assert len(small_model.sample(out, 40, generator=g, balanced=False)["certainty"]) == 40
+
+
 def test_sample_returns_pixels_in_each_original_image(small_model):
     x0, x1 = torch.rand(1, 3, 90, 120), torch.rand(1, 3, 60, 200)
     with torch.inference_mode():

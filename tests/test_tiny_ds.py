@@ -127,6 +127,33 @@ def test_tiny_ds_model_shapes_batch_independence_and_upsampling():
     assert sorted(o) == [1, 2, 4, 8] and o[8]["ds_log_p"].shape == (2, 64, 64)
 
 
+def test_upsampling_pass_can_keep_the_coarse_certainty():
+    # "coarse": the warp of the upsampling pass (the same as "refined": the certainty does
+    # not feed the warp), the certainty of the coarse pass alone, bilinearly resized
+    torch.manual_seed(0)
+    cfg = MatcherConfig(arch="tiny-ds", coarse_res=64, upsample_res=96, normalize=True, attenuate_cert=False)
+    m = L2M(cfg).eval()
+    x0, x1 = torch.rand(1, 3, 70, 90), torch.rand(1, 3, 50, 64)
+    with torch.no_grad():
+        refined = m({"image0": x0, "image1": x1})
+        m.config = cfg.replace(upsample_certainty="coarse")
+        coarse = m({"image0": x0, "image1": x1})
+        m.config = cfg.replace(upsample_res=None)
+        alone = m({"image0": x0, "image1": x1})
+    assert torch.equal(coarse["warp0"], refined["warp0"]) and torch.equal(coarse["warp1"], refined["warp1"])
+    for k, w in (("certainty0", "warp0"), ("certainty1", "warp1")):
+        logit = torch.logit(alone[k].clamp(1e-7, 1 - 1e-7))[:, None]
+        want = torch.nn.functional.interpolate(logit, size=(96, 96), mode="bilinear", align_corners=False)[:, 0]
+        want = want.sigmoid().masked_fill((coarse[w].abs() >= 1).any(-1), 0.0)
+        inside = (coarse[w].abs() < 0.999).all(-1) & (alone[k] > 1e-6).all() & (alone[k] < 1 - 1e-6).all()
+        assert torch.allclose(coarse[k][inside], want[inside], atol=1e-5)
+        assert (torch.logit(coarse[k]) - torch.logit(refined[k])).abs().max() > 1e-2  # the modes differ
+    with pytest.raises(ValueError, match="upsample_certainty"):
+        cfg.replace(upsample_certainty="fine")
+    with pytest.raises(ValueError, match="sample_cutoff"):
+        cfg.replace(sample_cutoff="yes")
+
+
 def test_arch_config_refuses_mixed_coarse_settings():
     with pytest.raises(ValueError, match="dual_softmax"):
         ArchConfig(coarse="none", coarse_matcher="gp")

@@ -333,8 +333,13 @@ class L2M(nn.Module):
             final = corr[1]
             if cfg.upsample_res is not None:
                 cat = fine_fn()
-                final = self._decode(cat, b, sf_up, init=(final["flow"], final["certainty"]))[1]
+                up = self._decode(cat, b, sf_up, init=(final["flow"], final["certainty"]))[1]
                 del cat
+                if cfg.upsample_certainty == "coarse":  # the warp refined, the certainty kept
+                    cert = F.interpolate(final["certainty"].float(), size=up["flow"].shape[-2:], mode="bilinear",
+                                         align_corners=False)  # fmt: skip
+                    up = {"flow": up["flow"], "certainty": cert}
+                final = up
         flow, logit = final["flow"].float(), final["certainty"].float()
         if cfg.attenuate_cert:
             low = F.interpolate(corr[max(corr)]["certainty"].float(), size=flow.shape[-2:], mode="bilinear", align_corners=False)
@@ -419,7 +424,7 @@ class L2M(nn.Module):
         return sample_matches(
             out, num, self.config.sample_thresh,
             generator=generator, batch_index=batch_index, frame=frame, balanced=balanced,
-            density=density or self.config.sample_density,
+            density=density or self.config.sample_density, cutoff=self.config.sample_cutoff,
         )  # fmt: skip
 
 

@@ -304,6 +304,9 @@ def _cmd_match(args: argparse.Namespace) -> int:
     with open(out_dir / "config.json", "w") as f:
         json.dump(attrs, f, indent=2)
     progress(f"wrote {len(c)} matches")
+    if len(c) < args.num_matches and cfg.sample_cutoff:
+        progress(f"{len(c)} of {args.num_matches}: only pixels whose certainty is above sample_thresh "
+                 f"({cfg.sample_thresh}) are drawn (sample_cutoff), and this pair has few")  # fmt: skip
     print(h5_path)
     print(out_dir / "matches.png")
     return 0

@@ -120,3 +120,17 @@ def test_preset_choices_are_the_presets_table():
         action = next(a for a in sub[cmd]._actions if a.dest == "preset")
         assert list(action.choices) == list(PRESETS) and "l2m-tiny" in action.choices
         assert "arch tiny-ds: l2m-tiny" in action.help
+
+
+def test_match_says_why_a_pair_gets_fewer_matches_than_asked(tmp_path):
+    """l2m-tiny's sampling cutoff on the toronto pair, which it cannot match (README, "Two
+    commands"): fewer matches than asked are written, and stderr says why."""
+    a, b = shared_pair("toronto")
+    env = {"L2M_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "hub")}
+    r = run_l2m("match", a, b, "--out", tmp_path / "out", "--num-matches", "300", env=env)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(tmp_path / "out" / "correspondences.h5") as f:
+        n = len(f["keypoints0"][()])
+    assert n < 300 and f"{n} of 300: only pixels whose certainty is above sample_thresh (0.5)" in r.stderr
+    r = run_l2m("match", *shared_pair(), "--out", tmp_path / "sc", "--num-matches", "300", env=env)
+    assert r.returncode == 0 and "sample_cutoff" not in r.stderr

@@ -49,6 +49,7 @@ def main(argv=None) -> dict:
     p.add_argument("--max-pairs", type=int, default=0, help="0: all pairs")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    over = {"a": _overrides(args.a, "--a"), "b": _overrides(args.b, "--b")}
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -57,7 +58,6 @@ def main(argv=None) -> dict:
 
     names = list_images(args.images)
     pairs = list(itertools.combinations(names, 2))[: args.max_pairs or None]
-    over = {"a": _overrides(args.a, "--a"), "b": _overrides(args.b, "--b")}
     matchers = {k: build_matcher(args.weights, **v) for k, v in over.items()}
     times: dict[str, list[float]] = {"a": [], "b": []}
     shrunk = {"a": 0, "b": 0}

@@ -45,33 +45,35 @@ def run_errors(run_dir: Path, bench) -> tuple[np.ndarray, np.ndarray]:
     """(errors (N,), scores (N,)) of every cached match of ``bench``'s pairs in ``run_dir``.
 
     ``bench``: the :class:`~l2m_plugin.eval.colmap_pose.ColmapPoseBenchmark` of the run (its
-    image folder and model). Keypoints the camera model cannot undistort are left out.
+    image folder and model). The matches are read as the benchmark's evaluation reads them
+    (:class:`~l2m_plugin.formats.pair_store.PairMatchStore`: COLMAP pixels, the stored image
+    sizes); keypoints the camera model cannot undistort are left out.
 
     Raises:
         FileNotFoundError: no ``pair_matches.h5`` in ``run_dir``.
         KeyError: a benchmark pair is missing from it (the run was made on another model).
     """
-    import h5py
     import torch
-    from PIL import Image
 
+    from l2m_plugin.formats.pair_store import PairMatchStore, pair_store_path
     from l2m_plugin.geometry import epipolar_distance, fundamental_from_pose
 
-    path = Path(run_dir) / "pair_matches.h5"
+    path = pair_store_path(run_dir)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (pass the folder an `l2m bench colmap` run wrote)")
+    store = PairMatchStore(path, read_only=True)
+    sizes = store.image_sizes()
     errs, scores = [], []
-    with h5py.File(path, "r") as f:
-        for p in bench.load_pairs():
-            g = f[p.name0][p.name1]
-            Fm = fundamental_from_pose(torch.from_numpy(p.K0), torch.from_numpy(p.K1), torch.from_numpy(p.T_0to1))
-            k0, k1 = (
-                bench.undistort(name, g[key][()], Image.open(Path(bench.data_root) / name).size)
-                for name, key in ((p.name0, "keypoints0"), (p.name1, "keypoints1"))
-            )
-            keep = np.isfinite(k0).all(1) & np.isfinite(k1).all(1)
-            errs.append(epipolar_distance(torch.from_numpy(k0[keep]), torch.from_numpy(k1[keep]), Fm).numpy())
-            scores.append(g["scores"][()][keep])
+    for p in bench.load_pairs():
+        if (p.name0, p.name1) not in store:
+            raise KeyError(f"{path} has no matches of the pair {p.name0} / {p.name1}: a run on another model?")
+        k0, k1, sc = store.read(p.name0, p.name1)
+        k0 = bench.undistort(p.name0, k0, sizes[p.name0])
+        k1 = bench.undistort(p.name1, k1, sizes[p.name1])
+        keep = np.isfinite(k0).all(1) & np.isfinite(k1).all(1)
+        Fm = fundamental_from_pose(torch.from_numpy(p.K0), torch.from_numpy(p.K1), torch.from_numpy(p.T_0to1))
+        errs.append(epipolar_distance(torch.from_numpy(k0[keep]), torch.from_numpy(k1[keep]), Fm).numpy())
+        scores.append(sc[keep])
     return np.concatenate(errs), np.concatenate(scores)
 
 

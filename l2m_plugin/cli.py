@@ -467,7 +467,8 @@ def _cmd_match_pairs(args: argparse.Namespace) -> int:
         return 2
     try:
         with exclusive_lock(args.out + ".lock", args.out):
-            store = PairMatchStore(args.out, pm.settings(), overwrite=args.overwrite)
+            store = PairMatchStore(args.out, pm.settings(), overwrite=args.overwrite,
+                                   defaults=getattr(pm, "settings_defaults", dict)())
             store.set_shard(i, n, pairs)
             fingerprints = {m: file_fingerprint(image_dir / m) for m in sorted({x for p in mine for x in p})}
             progress(f"shard {i}/{n}: {len(mine)} of {len(pairs)} pairs -> {args.out}")

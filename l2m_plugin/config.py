@@ -274,6 +274,14 @@ class MatcherConfig:
             pass (:mod:`l2m_plugin.models.covisible`): for each, one more first pass per
             image with that image shrunk, for scale changes beyond the network's range;
             () = none. Unused without ``covisible_crop`` (like ``covisible_thresh``).
+        covisible_zooms: zoom factors (each > 1) of the same search: for each ``z``, each
+            image is cut into overlapping tiles of ``1/z`` its width and height (a grid of
+            ``ceil(2 z - 1)`` positions per axis, half a tile apart for ``z = 2``), and every
+            tile is matched against the other image whole: a close-up against a distant
+            view, whose detail the coarse size would lose. It runs only on the pairs where
+            a shrunk image of ``covisible_scales`` beat the plain pass, and then costs
+            ``2 ceil(2 z - 1)^2`` more first passes per factor (symmetric; 18 for ``z = 2``);
+            () = none. Needs ``covisible_scales``; unused without ``covisible_crop``.
     """
 
     coarse_res: tuple[int, int] = (560, 560)
@@ -296,6 +304,7 @@ class MatcherConfig:
     covisible_thresh: float = 0.5
     covisible_margin: float = 0.1
     covisible_scales: tuple[float, ...] = ()
+    covisible_zooms: tuple[float, ...] = ()
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -333,12 +342,18 @@ class MatcherConfig:
             raise ValueError(f"covisible_thresh must be in [0, 1], got {self.covisible_thresh}")
         if not float(self.covisible_margin) >= 0.0:
             raise ValueError(f"covisible_margin must be >= 0, got {self.covisible_margin}")
-        scales = self.covisible_scales
-        if isinstance(scales, (int, float)) or not all(isinstance(f, (int, float)) for f in scales):
-            raise ValueError(f"covisible_scales must be a list of numbers > 1, got {scales!r}")
-        set_(self, "covisible_scales", tuple(float(f) for f in scales))
-        if any(not f > 1 for f in self.covisible_scales):
-            raise ValueError(f"covisible_scales must all be > 1 (shrink factors), got {list(self.covisible_scales)}")
+        for key, what in (("covisible_scales", "shrink factors"), ("covisible_zooms", "zoom factors")):
+            scales = getattr(self, key)
+            if isinstance(scales, (int, float)) or not all(isinstance(f, (int, float)) for f in scales):
+                raise ValueError(f"{key} must be a list of numbers > 1, got {scales!r}")
+            set_(self, key, tuple(float(f) for f in scales))
+            if any(not f > 1 for f in getattr(self, key)):
+                raise ValueError(f"{key} must all be > 1 ({what}), got {list(getattr(self, key))}")
+        if self.covisible_zooms and not self.covisible_scales:
+            raise ValueError(
+                f"covisible_zooms {list(self.covisible_zooms)} needs covisible_scales (the zoom search runs on "
+                "the pairs where a shrunk image wins the scale search): set covisible_scales, e.g. [2.0]"
+            )
         if self.sample_density not in DENSITY_METHODS:
             raise ValueError(f"sample_density must be 'grid' or 'exact', got {self.sample_density!r}")
 
@@ -440,7 +455,7 @@ PRESETS: dict[str, MatcherConfig] = {
     "romatch": MatcherConfig(normalize=True, displacement_scale="romatch", gp_solve="cholesky"),
     "l2m-tiny": MatcherConfig(arch="tiny-ds", coarse_res=384, upsample_res=None, normalize=True, gp_solve="cholesky",
                               attenuate_cert=False, sample_thresh=0.5, covisible_crop=True, covisible_scales=(2.0,),
-                              sample_cutoff=True, upsample_certainty="coarse"),
+                              sample_cutoff=True, upsample_certainty="coarse", covisible_zooms=(2.0,)),
     "tiny": MatcherConfig(arch="tiny", coarse_res=320, upsample_res=None, normalize=True, gp_solve="cholesky"),
 }
 

@@ -160,7 +160,12 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def config_diff(saved: Mapping, now: Mapping, ignore: frozenset[str] | set[str] = frozenset()) -> list[str]:
+def config_diff(
+    saved: Mapping,
+    now: Mapping,
+    ignore: frozenset[str] | set[str] = frozenset(),
+    defaults: Mapping[str, Any] | None = None,
+) -> list[str]:
     """The keys in which a folder's saved configuration and a new run's differ.
 
     The one comparison behind every "this folder holds a run of another configuration"
@@ -169,10 +174,16 @@ def config_diff(saved: Mapping, now: Mapping, ignore: frozenset[str] | set[str] 
     Args:
         saved, now: nested mappings (resolved configurations).
         ignore: dotted keys (``"train.out"``) that may differ between runs of one folder.
+        defaults: dotted keys -> the value a key missing from ``saved`` had: a field added
+            to a configuration after the folder was written, whose default keeps the old
+            behaviour, then compares equal to that default.
     Returns:
         ``["key: saved -> now", ...]`` for the differing dotted keys, sorted; [] when equal.
     """
     fa, fb = _flat(saved), _flat(now)
+    for k, v in (defaults or {}).items():
+        if k not in fa and k in fb:
+            fa[k] = v
     keys = sorted((set(fa) | set(fb)) - set(ignore))
     return [f"{k}: {fa.get(k, '<unset>')!r} -> {fb.get(k, '<unset>')!r}" for k in keys if fa.get(k) != fb.get(k)]
 

@@ -166,11 +166,12 @@ REGISTRY: dict[str, WeightsEntry] = {
     for e in (
         WeightsEntry(
             "l2m-tiny", "matcher", "", "l2m_tiny.pth", packaged="assets/l2m_tiny.pth", preset="l2m-tiny",
-            sha256="fc32f4bce2506d661767ca24fcd8921d1ffa4e69452c998cb5ffce4dd40d6f1e", size=5183627,
+            sha256="16b13b2be7709f1ce910a91f3890fe0b7e5d22f080cbc56e2bafd54f25c644e7", size=5183691,
             source="trained by l2m-plugin: configs/train/stage2_tiny_ds.yaml (1,600 steps), then "
             "configs/train/stage2_tiny_ds_ft.yaml (2,400 steps), then configs/train/stage2_tiny_ds_384.yaml "
             "(1,600 steps) on l2m synth and homography pairs from ../shared/data/single_view; inference: "
-            "co-visible crop pass with a scale search at 2x, sample_thresh 0.5 (README, l2m-tiny)",
+            "co-visible crop pass with a scale search at 2x and a zoom search at 2x, sample_thresh 0.5 with the "
+            "sampling cutoff (README, l2m-tiny)",
         ),
         WeightsEntry(
             "l2mpp-v1", "matcher", _HF + "l2m%2B%2B_560x560.pth", "l2m++_560x560.pth",

@@ -3,6 +3,8 @@ full grid, and an exact coordinate-image oracle under a 2x zoom."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,7 @@ from l2m_plugin.models.covisible import (
     covisible_pass,
     crop_to_full,
     shrink_to_canvas,
+    zoom_tiles,
 )
 
 W, H = 128, 96
@@ -202,10 +205,11 @@ def _fitted(img):
     return torch.linalg.lstsq(A[keep], v[keep].double()).solution  # (3, 2)
 
 
-def _range_limited_once(limit):
+def _range_limited_once(limit, graded=False):
     """An oracle matcher that only matches when the two inputs show the scene at scales within
     ``limit`` of each other (as a network trained on 0.5-2x does); certainty 0 otherwise, on fill
-    and off the other input's content."""
+    and off the other input's content. ``graded``: the certainty falls from 1 at the same scale
+    to 0.5 at ``limit`` (linear in the log of the scale ratio), as a network's does."""
 
     def once(c0, c1):
         m0, m1 = _fitted(c0), _fitted(c1)
@@ -230,6 +234,8 @@ def _range_limited_once(limit):
             cert = ((n.abs() <= 1).all(-1) & ~fill & (vals[..., 2] < 0.01) & on_dst).float()
             if not 1 / limit <= ratio <= limit:
                 cert = torch.zeros_like(cert)
+            elif graded:
+                cert = cert * (1 - 0.5 * abs(math.log(ratio)) / math.log(limit))
             out[f"warp{k}"], out[f"certainty{k}"] = n.clamp(-1, 1)[None], cert[None]
         return out
 
@@ -318,3 +324,79 @@ def test_matcher_runs_the_scale_search():
         out = model({"image0": x0, "image1": x1})
     assert out["warp0"].shape == (1, 64, 64, 2) and len(out["covisible_scales"]) == 1
     assert out["covisible_scales"][0] in (None, (0, 2.0), (1, 2.0))
+
+
+def test_zoom_tiles_cover_the_image_half_a_tile_apart():
+    tiles = zoom_tiles((128, 96), 2.0)
+    assert len(tiles) == 9
+    assert tiles[0] == (0, 0, 64, 48) and tiles[4] == (32, 24, 96, 72) and tiles[-1] == (64, 48, 128, 96)
+    assert len(zoom_tiles((100, 80), 3.0)) == 25 and len(zoom_tiles((100, 80), 1.5)) == 4
+    for x0, y0, x1, y1 in zoom_tiles((101, 77), 2.5):  # every tile inside the image, 1/2.5 its size
+        assert 0 <= x0 < x1 <= 101 and 0 <= y0 < y1 <= 77
+        assert (x1 - x0, y1 - y0) == (40, 31)
+    with pytest.raises(ValueError, match="> 1"):
+        zoom_tiles((100, 80), 1.0)
+    with pytest.raises(ValueError, match="covisible_zooms must all be > 1"):
+        PRESETS["l2m-tiny"].replace(covisible_zooms=[1.0])
+    assert PRESETS["l2m-tiny"].replace(covisible_zooms=[2]).covisible_zooms == (2.0,)
+
+
+def test_zoom_search_finds_a_4x_zoom_in_a_tile_of_the_wide_image():
+    """Image 1 is a 4x zoom into [48, 80) x [36, 60) of image 0; the oracle matches within 3x,
+    less certain the larger the scale change. The plain pass matches nothing; image 1 shrunk by
+    1.5 (2.67x left) matches with certainty 0.55, which opens the zoom search. The only tile of
+    image 0 at zoom 2 that holds the whole region is (32, 24, 96, 72): in it the change is 2x
+    (certainty 0.68), so it wins and gives the boxes."""
+    im0, im1 = _zoom4_images()
+    once = _range_limited_once(limit=3.0, graded=True)
+    first = once(im0, im1)
+    assert first["certainty0"].sum() == 0
+    kw = dict(thresh=0.5, margin=0.1, scales=(1.5,), coarse_size=OUT)
+    shrunk = covisible_pass(first, im0, im1, once, **kw)
+    assert shrunk["covisible_scales"] == [(1, 1.5)]
+    out = covisible_pass(first, im0, im1, once, zooms=(2.0,), **kw)
+    assert out["covisible_scales"] == [(0, 2.0, (32, 24, 96, 72))]
+    assert out["covisible_zoom_searched"] == [True]
+    ((box0, box1),) = out["covisible_boxes"]
+    assert box0 == pytest.approx((44.8, 33.6, 83.2, 62.4), abs=3)
+    assert box1 == pytest.approx((0, 0, W, H), abs=2)
+    p0 = _to_px(_grid(*OUT), (W, H))
+    true = _to_n((p0 - ZOOM4_OFF) * 4, (W, H))
+    valid = (true.abs() <= 1).all(-1)
+    ok = out["certainty0"][0] > 0.5
+    assert ok.sum() >= 0.8 * valid.sum()
+    assert (out["warp0"][0][ok] - true[ok]).abs().max() < 1e-3
+
+
+def test_zoom_search_runs_only_where_a_shrunk_image_wins():
+    im0, im1 = _coordinate_images()  # a 2x zoom, within the oracle's range: the plain pass wins
+    once = _range_limited_once(limit=2.5)
+    calls = []
+
+    def counted(c0, c1):
+        calls.append(1)
+        return once(c0, c1)
+
+    kw = dict(thresh=0.5, margin=0.1, scales=(3.0,), coarse_size=OUT)
+    out = covisible_pass(once(im0, im1), im0, im1, counted, zooms=(2.0,), **kw)
+    assert out["covisible_scales"] == [None] and out["covisible_zoom_searched"] == [False]
+    assert len(calls) == 2 + 1  # the two shrunk candidates and the crop pass: no tile
+    with pytest.raises(ValueError, match="zooms need scales"):
+        covisible_pass(once(im0, im1), im0, im1, once, thresh=0.5, margin=0.1, zooms=(2.0,))
+    with pytest.raises(ValueError, match="needs covisible_scales"):
+        PRESETS["l2m-tiny"].replace(covisible_scales=(), covisible_zooms=(2.0,))
+
+
+def test_matcher_runs_the_zoom_search():
+    torch.manual_seed(0)
+    cfg = PRESETS["l2m-tiny"].replace(
+        coarse_res=(64, 64), covisible_thresh=0.0, covisible_scales=(2.0,), covisible_zooms=(2.0,)
+    )
+    model = L2M(cfg).eval()
+    x0, x1 = torch.rand(1, 3, 96, 128), torch.rand(1, 3, 80, 100)
+    with torch.no_grad():
+        out = model({"image0": x0, "image1": x1})
+    assert out["warp0"].shape == (1, 64, 64, 2) and len(out["covisible_scales"]) == 1
+    choice = out["covisible_scales"][0]
+    assert out["covisible_zoom_searched"] == [choice is not None]  # searched iff the plain pass lost
+    assert choice is None or len(choice) == 2 or (choice[:2] in ((0, 2.0), (1, 2.0)) and choice[2] in zoom_tiles((128, 96) if choice[0] == 0 else (100, 80), 2.0))

@@ -337,7 +337,7 @@ def test_encoder_passes_count_the_crop_pass_and_the_scale_search(scene, scene_di
     from l2m_plugin.config import PRESETS
 
     torch.manual_seed(0)
-    base = PRESETS["l2m-tiny"].replace(coarse_res=(64, 64), covisible_thresh=0.0)
+    base = PRESETS["l2m-tiny"].replace(coarse_res=(64, 64), covisible_thresh=0.0, covisible_zooms=())
     names = [v.name for v in scene.views[:3]]
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     counts = {}
@@ -351,6 +351,23 @@ def test_encoder_passes_count_the_crop_pass_and_the_scale_search(scene, scene_di
     assert crops % 2 == 0 and 0 <= crops <= 2 * len(pairs)
     searched = counts[(2.0,)] - 4 * len(pairs)  # two sides x one factor x two encoder passes
     assert searched % 2 == 0 and 0 <= searched <= 2 * len(pairs)
+    # the zoom search at 2x: 9 tiles x two sides x two encoder passes on the pairs it runs on
+    model = L2M(base.replace(covisible_scales=(2.0,), covisible_zooms=(2.0,))).eval()
+    pm = DensePairMatcher(model, scene_dir, num_matches=100)
+    store = PairMatchStore(tmp_path / "zoom.h5", pm.settings())
+    searched_pairs = []
+    orig = model.covisible_pass
+
+    def spy(*a, **k):
+        out = orig(*a, **k)
+        searched_pairs.extend(out["covisible_zoom_searched"])
+        return out
+
+    model.covisible_pass = spy
+    assert match_pairs(pm, pairs, store, progress=False)["matched"] == 3
+    extra = pm.num_encoder_passes - len(names) - 4 * len(pairs)
+    assert len(searched_pairs) == 3
+    assert extra - 36 * sum(searched_pairs) in range(0, 2 * len(pairs) + 1, 2)  # the rest: crop passes
 
 
 def test_cli_reconstruct_with_l2m_weights_runs_end_to_end(official_checkpoint, tmp_path):

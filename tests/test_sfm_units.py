@@ -179,3 +179,26 @@ def test_cli_shard_spec(monkeypatch):
     for bad in ("5/5", "x/2", "1"):
         with pytest.raises(argparse.ArgumentTypeError, match="i/N"):
             _parse_shard(bad)
+
+
+def test_pair_store_written_before_a_config_field_existed_reopens_at_its_default(tmp_path):
+    """A store whose settings lack a matcher-config field added later (e.g. covisible_zooms)
+    is resumed when the new setting is that field's default (the old behaviour), and refused
+    when it is not; the refusal names the field."""
+    from l2m_plugin import L2M
+    from l2m_plugin.config import PRESETS
+    from l2m_plugin.matching.dense import DensePairMatcher
+
+    pm = DensePairMatcher(L2M(PRESETS["l2m-tiny"].replace(covisible_zooms=())), tmp_path)
+    old = pm.settings()
+    del old["config"]["covisible_zooms"]  # as written before the field existed
+    s = PairMatchStore(tmp_path / "a.h5", old)
+    s.write("a", "b", np.ones((2, 2)), np.ones((2, 2)), np.ones(2), (4, 4), (4, 4))
+    defaults = pm.settings_defaults()
+    assert defaults["config.covisible_zooms"] == [] and defaults["config.sample_cutoff"] is False
+    assert len(PairMatchStore(tmp_path / "a.h5", pm.settings(), defaults=defaults)) == 1
+    with pytest.raises(ValueError, match="another matcher setting"):  # without defaults: refused
+        PairMatchStore(tmp_path / "a.h5", pm.settings())
+    zoom = DensePairMatcher(L2M(PRESETS["l2m-tiny"]), tmp_path)  # covisible_zooms [2.0]
+    with pytest.raises(ValueError, match=r"config\.covisible_zooms: \[\] -> \[2\.0\]"):
+        PairMatchStore(tmp_path / "a.h5", zoom.settings(), defaults=zoom.settings_defaults())

@@ -236,7 +236,8 @@ class Benchmark:
         pairs = self.pairs()[:max_pairs] if max_pairs else self.pairs()
         self.check_images(pairs)
         settings = {"benchmark": self.name, "matcher": matcher.settings(), "predict": self.conf["predict"]}
-        store = PairMatchStore(pair_store_path(out_dir), settings, overwrite=overwrite)
+        defaults = {f"matcher.{k}": v for k, v in getattr(matcher, "settings_defaults", dict)().items()}
+        store = PairMatchStore(pair_store_path(out_dir), settings, overwrite=overwrite, defaults=defaults)
         # torch_threads: the dense warp's float sums (hence the drawn matches) depend on it.
         atomic_json(
             out_dir / "predict_conf.json",

@@ -65,10 +65,13 @@ class PairMatchStore:
         matcher: JSON-serialisable settings of the matcher that fills it (compared on reopen).
         overwrite: start from scratch.
         read_only: open an existing file without modifying it (``write`` is then refused).
+        defaults: dotted settings keys -> their value in a file written before the key existed
+            (:func:`l2m_plugin.files.config_diff`; a dense matcher's ``settings_defaults()``):
+            such a file is not refused for lacking a field that keeps the old behaviour.
     """
 
     def __init__(self, path: str | Path, matcher: Mapping | None = None, overwrite: bool = False,
-                 read_only: bool = False):  # fmt: skip
+                 read_only: bool = False, defaults: Mapping | None = None):  # fmt: skip
         self.path = Path(path)
         self.matcher = dict(matcher or {})
         self.read_only = read_only
@@ -87,10 +90,10 @@ class PairMatchStore:
                 stored = f.attrs.get("matcher")
                 if stored is None:
                     f.attrs["matcher"] = json.dumps(self.matcher, sort_keys=True)
-                elif matcher is not None and json.loads(stored) != json.loads(
-                    json.dumps(self.matcher, sort_keys=True)
-                ):
-                    diff = config_diff(json.loads(stored), json.loads(json.dumps(self.matcher)))
+                elif matcher is not None and (
+                    diff := config_diff(json.loads(stored), json.loads(json.dumps(self.matcher)),
+                                        defaults=json.loads(json.dumps(dict(defaults or {}))))
+                ):  # fmt: skip
                     raise ValueError(
                         f"{self.path} holds matches of another matcher setting ({'; '.join(diff)}); "
                         "use --overwrite to recompute them, or another output folder"

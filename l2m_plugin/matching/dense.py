@@ -13,8 +13,11 @@ read back, never recomputed, so N images cost N encoder passes whatever the pair
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
+import math
 import zlib
 from collections import OrderedDict
 from pathlib import Path
@@ -104,6 +107,19 @@ class DensePairMatcher:
             "seed": self.seed,
             "exif": self.exif,
         }
+
+    def settings_defaults(self) -> dict:
+        """``{"config.FIELD": default}`` of every matcher-config field (JSON values): a store
+        written before a field existed is compared as if it held the default, which keeps the
+        old behaviour (:class:`~l2m_plugin.formats.pair_store.PairMatchStore` ``defaults``)."""
+        cfg = getattr(self.matcher, "config", None)
+        if not dataclasses.is_dataclass(cfg):
+            return {}
+        out = {}
+        for f in dataclasses.fields(cfg):
+            if f.default is not dataclasses.MISSING:
+                out[f"config.{f.name}"] = json.loads(json.dumps(f.default, default=str))
+        return out
 
     # ---------------------------------------------------------------- images
     def image(self, name: str) -> LoadedImage:
@@ -213,6 +229,8 @@ class DensePairMatcher:
                 self.num_encoder_passes += sum(bx is not None for bx in out["covisible_boxes"]) * 2
                 sides = 2 if "warp1" in out else 1  # the scale search: one pass per factor and side
                 self.num_encoder_passes += len(getattr(cfg, "covisible_scales", ())) * sides * 2
+                tiles = sum(math.ceil(2 * z - 1 - 1e-9) ** 2 for z in getattr(cfg, "covisible_zooms", ()))
+                self.num_encoder_passes += tiles * sides * 2 * sum(out.get("covisible_zoom_searched", ()))
         else:
             (x0, _), (x1, _) = self._tensors(name0), self._tensors(name1)
             out = self.matcher({"image0": x0, "image1": x1})

@@ -22,6 +22,17 @@ the plain pass, the larger of the two images' means) gives the boxes. This is th
 pyramid of classical matchers reduced to the coarse search; the crop pass then matches at
 the full input size as before.
 
+Zoom search (``MatcherConfig.covisible_zooms``): shrinking the close-up only goes so far,
+because the distant view keeps its detail at the coarse size's resolution (a portal a tenth
+of the image wide is 40 px of a 384-px input). Each factor ``z`` adds first passes in which
+one image (each in turn) is cut into overlapping tiles of ``1/z`` its size
+(:func:`zoom_tiles`) and each tile is matched against the other image whole, so the tile's
+content reaches the network ``z`` times larger. It runs only on the pairs where a shrunk
+candidate beat the plain pass (the sign of a scale change beyond the network's range), so
+pairs without one keep the scale search's result and cost. A tile candidate scores like the
+plain pass (the larger of the two images' mean certainty: both show their whole content)
+and competes with the plain and shrunk candidates.
+
 Coordinates: normalised (x, y) in [-1, 1], pixel centres at ``2 (i + 0.5) / W - 1``
 (:mod:`l2m_plugin.coords`); boxes are integer pixel ranges ``[x0, x1) x [y0, y1)`` of the
 full-resolution input tensors.
@@ -29,6 +40,7 @@ full-resolution input tensors.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -36,7 +48,7 @@ import torch.nn.functional as F
 
 from l2m_plugin.coords import normalized_grid, normalized_to_pixel, pixel_to_normalized
 
-__all__ = ["covisible_box", "crop_to_full", "shrink_to_canvas", "covisible_pass"]
+__all__ = ["covisible_box", "crop_to_full", "shrink_to_canvas", "zoom_tiles", "covisible_pass"]
 
 #: fewest confident output cells a box is estimated from; fewer: no second pass
 MIN_POINTS = 32
@@ -138,6 +150,39 @@ def shrink_to_canvas(image: torch.Tensor, factor: float, size: tuple[int, int]):
     return canvas, (x0, y0, cw, ch)
 
 
+def zoom_tiles(size: tuple[int, int], factor: float) -> list[tuple[int, int, int, int]]:
+    """The tiles of the zoom search: overlapping boxes of ``1/factor`` an image's size.
+
+    Args:
+        size: (W, H) of the image in pixels.
+        factor: > 1; each tile is ``round(W / factor) x round(H / factor)`` pixels.
+    Returns:
+        ``ceil(2 factor - 1)**2`` pixel boxes ``(x0, y0, x1, y1)`` (``[x0, x1) x [y0, y1)``),
+        row by row, their corners evenly spaced from the image's top-left to its
+        bottom-right tile: for ``factor = 2`` a 3 x 3 grid, half a tile apart.
+    Raises:
+        ValueError: ``factor <= 1``.
+    Source: ours (the tiles of a sliding window over the image at ``factor`` times the
+    coarse resolution).
+    """
+    if not factor > 1:
+        raise ValueError(f"a zoom factor must be > 1, got {factor}")
+    w, h = size
+    tw, th = max(1, round(w / factor)), max(1, round(h / factor))
+    n = math.ceil(2 * factor - 1 - 1e-9)
+    xs = [round(k * (w - tw) / (n - 1)) for k in range(n)]
+    ys = [round(k * (h - th) / (n - 1)) for k in range(n)]
+    return [(x, y, x + tw, y + th) for y in ys for x in xs]
+
+
+def _tile_to_image(pts: torch.Tensor, box, size: tuple[int, int]) -> torch.Tensor:
+    """Normalised tile (x, y) -> normalised coordinates of the whole image (pixel-exact)."""
+    x0, y0, x1, y1 = box
+    w, h = size
+    px = normalized_to_pixel(pts, x1 - x0, y1 - y0) + pts.new_tensor([x0, y0])
+    return pixel_to_normalized(px, w, h)
+
+
 def _canvas_to_image(pts: torch.Tensor, place, size: tuple[int, int]) -> torch.Tensor:
     """Normalised canvas (x, y) -> normalised coordinates of the shrunk image (pixel-exact)."""
     x0, y0, cw, ch = place
@@ -160,10 +205,12 @@ def _confident_points(out: dict, j: int, thresh: float):
     return torch.cat(pts0), torch.cat(pts1)
 
 
-def _scale_search(first: dict, i: int, image0, image1, match_once, scales, size, thresh):
+def _scale_search(first: dict, i: int, image0, image1, match_once, scales, size, thresh, zooms=()):
     """The confident point pairs of the best first-pass candidate of pair ``i`` (module
     docstring): ``(pts0 (N, 2), pts1 (N, 2), choice)`` normalised in the full images, with
-    ``choice`` None (plain pass) or ``(side, factor)``."""
+    ``choice`` None (plain pass), ``(side, factor)`` (image ``side`` shrunk) or
+    ``(side, factor, box)`` (the tile ``box`` of image ``side`` at zoom ``factor``), and
+    whether the zoom search ran."""
     sym = "warp1" in first
     means = [first["certainty0"][i].float().mean()]
     if sym:
@@ -180,14 +227,28 @@ def _scale_search(first: dict, i: int, image0, image1, match_once, scales, size,
             score = float(out[f"certainty{side}"][0][inside].float().mean())
             if score > best[0]:
                 best = (score, (side, float(factor)), out, 0, place)
+    if best[1] is None:  # the plain pass won: no sign of a scale change beyond the network's range
+        zooms = ()
+    for factor in zooms:
+        for side in (0, 1) if sym else (0,):
+            full = (int(x[side].shape[-1]), int(x[side].shape[-2]))
+            for box in zoom_tiles(full, float(factor)):
+                tile = x[side][:, :, box[1] : box[3], box[0] : box[2]]
+                out = match_once(*((tile, x[1]) if side == 0 else (x[0], tile)))
+                score = max(float(out[f"certainty{k}"][0].float().mean()) for k in ((0, 1) if sym else (0,)))
+                if score > best[0]:
+                    best = (score, (side, float(factor), box), out, 0, full)
     _, choice, out, j, place = best
     pts0, pts1 = _confident_points(out, j, thresh)
-    if choice is not None:  # canvas -> image coordinates; drop points off the content
+    if choice is not None:  # canvas / tile -> image coordinates; drop points off the content
         both = [pts0, pts1]
-        both[choice[0]] = _canvas_to_image(both[choice[0]], place, size)
+        if len(choice) == 2:
+            both[choice[0]] = _canvas_to_image(both[choice[0]], place, size)
+        else:
+            both[choice[0]] = _tile_to_image(both[choice[0]], choice[2], place)
         keep = (both[choice[0]].abs() <= 1).all(-1)
         pts0, pts1 = both[0][keep], both[1][keep]
-    return pts0, pts1, choice
+    return pts0, pts1, choice, bool(zooms)
 
 
 def covisible_pass(
@@ -200,6 +261,7 @@ def covisible_pass(
     margin: float,
     scales: tuple[float, ...] = (),
     coarse_size: tuple[int, int] | None = None,
+    zooms: tuple[float, ...] = (),
 ) -> dict:
     """Match the co-visible crops of each pair again and return the first pass's output
     format on its grid (see the module docstring).
@@ -217,18 +279,26 @@ def covisible_pass(
             Each adds one pass per image (two when symmetric) to every pair.
         coarse_size: (h, w) the candidates are built at (the matcher's ``coarse_res``);
             needed when ``scales`` is not empty.
+        zooms: zoom factors (> 1) of the zoom search (module docstring; :func:`zoom_tiles`);
+            () = none. Each adds ``ceil(2 z - 1)**2`` passes per image (all tiles of both
+            images when symmetric) to the pairs where a shrunk candidate of ``scales`` beat
+            the plain pass; needs ``scales``.
     Returns:
         a new output dict (same keys, shapes and dtypes as ``first``) with
         ``covisible_boxes``: per pair ``(box0, box1)`` pixel boxes, or None where the
         first pass was kept (too few confident cells, or boxes covering >= 90% of both
-        images); with ``scales``, also ``covisible_scales``: per pair None (the plain
-        first pass gave the boxes) or ``(side, factor)``: image ``side`` shrunk by
-        ``factor`` did.
+        images); with ``scales``, also ``covisible_scales``: per pair None
+        (the plain first pass gave the boxes), ``(side, factor)``: image ``side`` shrunk by
+        ``factor`` did, or ``(side, factor, box)``: the tile ``box`` (pixels) of image
+        ``side`` at zoom ``factor`` did; with ``zooms``, also ``covisible_zoom_searched``:
+        per pair whether its tiles were matched.
     Raises:
-        ValueError: ``scales`` without ``coarse_size``, or a factor <= 1
-            (:func:`shrink_to_canvas`).
+        ValueError: ``scales`` without ``coarse_size``, ``zooms`` without ``scales``, or a
+            factor <= 1 (:func:`shrink_to_canvas`, :func:`zoom_tiles`).
     """
-    scales = tuple(scales)
+    scales, zooms = tuple(scales), tuple(zooms)
+    if zooms and not scales:
+        raise ValueError("covisible_pass: zooms need scales (the zoom search runs where a shrunk image wins)")
     if scales and coarse_size is None:
         raise ValueError("covisible_pass: scales need coarse_size (the matcher's coarse_res)")
     out = dict(first)
@@ -239,13 +309,14 @@ def covisible_pass(
     b, ho, wo, _ = first["warp0"].shape
     size0 = (int(image0.shape[-1]), int(image0.shape[-2]))
     size1 = (int(image1.shape[-1]), int(image1.shape[-2]))
-    boxes, choices = [], []
+    boxes, choices, zoomed = [], [], []
     for i in range(b):
         if scales:
-            pts0, pts1, choice = _scale_search(
-                first, i, image0, image1, match_once, scales, coarse_size, thresh
+            pts0, pts1, choice, searched = _scale_search(
+                first, i, image0, image1, match_once, scales, coarse_size, thresh, zooms
             )
             choices.append(choice)
+            zoomed.append(searched)
         else:
             pts0, pts1 = _confident_points(first, i, thresh)
         box0 = covisible_box(pts0, size0, margin)
@@ -283,4 +354,6 @@ def covisible_pass(
     out["covisible_boxes"] = boxes
     if scales:
         out["covisible_scales"] = choices
+    if zooms:
+        out["covisible_zoom_searched"] = zoomed
     return out

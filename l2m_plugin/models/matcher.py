@@ -213,6 +213,7 @@ class L2M(nn.Module):
             out, image0, image1, lambda c0, c1: self._forward_once({"image0": c0, "image1": c1}),
             thresh=float(self.config.covisible_thresh), margin=float(self.config.covisible_margin),
             scales=tuple(self.config.covisible_scales), coarse_size=tuple(self.config.coarse_res),
+            zooms=tuple(self.config.covisible_zooms),
         )  # fmt: skip
 
     def _forward_once(self, data: dict) -> dict:

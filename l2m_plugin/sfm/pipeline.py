@@ -272,7 +272,8 @@ def reconstruct(
         write_pairs(out / "pairs.txt", pair_list)
     summary["pairs"] = {"spec": pairs, "num_pairs": len(pair_list)}
 
-    store = PairMatchStore(out / STORE_NAME, pair_matcher.settings(), overwrite=overwrite)
+    store = PairMatchStore(out / STORE_NAME, pair_matcher.settings(), overwrite=overwrite,
+                           defaults=getattr(pair_matcher, "settings_defaults", dict)())
     with _timed(timings, "matching"):
         report = match_pairs(pair_matcher, pair_list, store, progress=progress, fingerprints=fingerprints)
     summary["matching"] = {

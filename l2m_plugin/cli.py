@@ -221,7 +221,7 @@ def _load_model(args: argparse.Namespace, progress: _Progress, prog: str):
     if args.weights is None:
         args.weights = DEFAULT_WEIGHTS
         progress(f"no --weights given: using {DEFAULT_WEIGHTS!r}, the small model shipped with l2m_plugin "
-                 "(trained offline on synthetic pairs, less accurate than SIFT: see the README; "
+                 "(trained here from single photos; each match less precise than SIFT's: see the README; "
                  "`--weights l2mpp-v2` for the authors' L2M++)")  # fmt: skip
     progress(f"loading weights {args.weights!r}" + (f" + encoder {args.encoder_weights!r}" if args.encoder_weights else ""))
     try:

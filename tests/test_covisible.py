@@ -18,6 +18,7 @@ from l2m_plugin.models.covisible import (
     covisible_pass,
     crop_to_full,
     shrink_to_canvas,
+    zoom_tile_count,
     zoom_tiles,
 )
 
@@ -273,6 +274,11 @@ def test_scale_search_finds_a_4x_zoom_beyond_the_matchers_range():
         first, im0, im1, once, thresh=0.5, margin=0.1, scales=(3.0,), coarse_size=OUT
     )
     assert out["covisible_scales"] == [(1, 3.0)]  # image 1 (the close-up) shrunk by 3: 4/3 left
+    _assert_crops_recover_the_4x_zoom(out, min_certainty=0.99)
+
+
+def _assert_crops_recover_the_4x_zoom(out, min_certainty):
+    """The crop pass of a :func:`_zoom4_images` pair: the right boxes and an exact warp."""
     ((box0, box1),) = out["covisible_boxes"]
     # box 0: the zoomed region [48, 80) x [36, 60) grown by 10% per side (and the 1/8 floor);
     # box 1: all of image 1
@@ -281,7 +287,7 @@ def test_scale_search_finds_a_4x_zoom_beyond_the_matchers_range():
     p0 = _to_px(_grid(*OUT), (W, H))
     true = _to_n((p0 - ZOOM4_OFF) * 4, (W, H))
     valid = (true.abs() <= 1).all(-1)
-    ok = out["certainty0"][0] > 0.99
+    ok = out["certainty0"][0] > min_certainty
     assert ok.sum() >= 0.8 * valid.sum()
     assert (out["warp0"][0][ok] - true[ok]).abs().max() < 1e-3
 
@@ -330,7 +336,8 @@ def test_zoom_tiles_cover_the_image_half_a_tile_apart():
     tiles = zoom_tiles((128, 96), 2.0)
     assert len(tiles) == 9
     assert tiles[0] == (0, 0, 64, 48) and tiles[4] == (32, 24, 96, 72) and tiles[-1] == (64, 48, 128, 96)
-    assert len(zoom_tiles((100, 80), 3.0)) == 25 and len(zoom_tiles((100, 80), 1.5)) == 4
+    assert len(zoom_tiles((100, 80), 3.0)) == 25 == zoom_tile_count(3.0)
+    assert len(zoom_tiles((100, 80), 1.5)) == 4 == zoom_tile_count(1.5) and zoom_tile_count(2.0) == 9
     for x0, y0, x1, y1 in zoom_tiles((101, 77), 2.5):  # every tile inside the image, 1/2.5 its size
         assert 0 <= x0 < x1 <= 101 and 0 <= y0 < y1 <= 77
         assert (x1 - x0, y1 - y0) == (40, 31)
@@ -357,15 +364,7 @@ def test_zoom_search_finds_a_4x_zoom_in_a_tile_of_the_wide_image():
     out = covisible_pass(first, im0, im1, once, zooms=(2.0,), **kw)
     assert out["covisible_scales"] == [(0, 2.0, (32, 24, 96, 72))]
     assert out["covisible_zoom_searched"] == [True]
-    ((box0, box1),) = out["covisible_boxes"]
-    assert box0 == pytest.approx((44.8, 33.6, 83.2, 62.4), abs=3)
-    assert box1 == pytest.approx((0, 0, W, H), abs=2)
-    p0 = _to_px(_grid(*OUT), (W, H))
-    true = _to_n((p0 - ZOOM4_OFF) * 4, (W, H))
-    valid = (true.abs() <= 1).all(-1)
-    ok = out["certainty0"][0] > 0.5
-    assert ok.sum() >= 0.8 * valid.sum()
-    assert (out["warp0"][0][ok] - true[ok]).abs().max() < 1e-3
+    _assert_crops_recover_the_4x_zoom(out, min_certainty=0.5)  # graded: the crop pass is at ~1.2x
 
 
 def test_zoom_search_runs_only_where_a_shrunk_image_wins():

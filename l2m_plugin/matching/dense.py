@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import zlib
 from collections import OrderedDict
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from l2m_plugin.io import LoadedImage, load_image, resize_to_tensor
+from l2m_plugin.models.covisible import zoom_tile_count
 
 __all__ = ["DensePairMatcher", "pair_seed"]
 
@@ -229,7 +229,7 @@ class DensePairMatcher:
                 self.num_encoder_passes += sum(bx is not None for bx in out["covisible_boxes"]) * 2
                 sides = 2 if "warp1" in out else 1  # the scale search: one pass per factor and side
                 self.num_encoder_passes += len(getattr(cfg, "covisible_scales", ())) * sides * 2
-                tiles = sum(math.ceil(2 * z - 1 - 1e-9) ** 2 for z in getattr(cfg, "covisible_zooms", ()))
+                tiles = sum(zoom_tile_count(z) for z in getattr(cfg, "covisible_zooms", ()))
                 self.num_encoder_passes += tiles * sides * 2 * sum(out.get("covisible_zoom_searched", ()))
         else:
             (x0, _), (x1, _) = self._tensors(name0), self._tensors(name1)

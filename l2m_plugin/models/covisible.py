@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from l2m_plugin.coords import normalized_grid, normalized_to_pixel, pixel_to_normalized
 
-__all__ = ["covisible_box", "crop_to_full", "shrink_to_canvas", "zoom_tiles", "covisible_pass"]
+__all__ = ["covisible_box", "crop_to_full", "shrink_to_canvas", "zoom_tile_count", "zoom_tiles", "covisible_pass"]
 
 #: fewest confident output cells a box is estimated from; fewer: no second pass
 MIN_POINTS = 32
@@ -150,6 +150,16 @@ def shrink_to_canvas(image: torch.Tensor, factor: float, size: tuple[int, int]):
     return canvas, (x0, y0, cw, ch)
 
 
+def _tiles_per_axis(factor: float) -> int:
+    return math.ceil(2 * factor - 1 - 1e-9)
+
+
+def zoom_tile_count(factor: float) -> int:
+    """Tiles per image of the zoom search at ``factor`` (> 1): ``ceil(2 factor - 1)**2``, e.g.
+    9 for 2 (what :func:`zoom_tiles` returns for any image size)."""
+    return _tiles_per_axis(factor) ** 2
+
+
 def zoom_tiles(size: tuple[int, int], factor: float) -> list[tuple[int, int, int, int]]:
     """The tiles of the zoom search: overlapping boxes of ``1/factor`` an image's size.
 
@@ -169,7 +179,7 @@ def zoom_tiles(size: tuple[int, int], factor: float) -> list[tuple[int, int, int
         raise ValueError(f"a zoom factor must be > 1, got {factor}")
     w, h = size
     tw, th = max(1, round(w / factor)), max(1, round(h / factor))
-    n = math.ceil(2 * factor - 1 - 1e-9)
+    n = _tiles_per_axis(factor)
     xs = [round(k * (w - tw) / (n - 1)) for k in range(n)]
     ys = [round(k * (h - th) / (n - 1)) for k in range(n)]
     return [(x, y, x + tw, y + th) for y in ys for x in xs]
@@ -237,7 +247,7 @@ def _scale_search(first: dict, i: int, image0, image1, match_once, scales, size,
                 out = match_once(*((tile, x[1]) if side == 0 else (x[0], tile)))
                 score = max(float(out[f"certainty{k}"][0].float().mean()) for k in ((0, 1) if sym else (0,)))
                 if score > best[0]:
-                    best = (score, (side, float(factor), box), out, 0, full)
+                    best = (score, (side, float(factor), box), out, 0, None)
     _, choice, out, j, place = best
     pts0, pts1 = _confident_points(out, j, thresh)
     if choice is not None:  # canvas / tile -> image coordinates; drop points off the content
@@ -245,7 +255,8 @@ def _scale_search(first: dict, i: int, image0, image1, match_once, scales, size,
         if len(choice) == 2:
             both[choice[0]] = _canvas_to_image(both[choice[0]], place, size)
         else:
-            both[choice[0]] = _tile_to_image(both[choice[0]], choice[2], place)
+            whole = (int(x[choice[0]].shape[-1]), int(x[choice[0]].shape[-2]))
+            both[choice[0]] = _tile_to_image(both[choice[0]], choice[2], whole)
         keep = (both[choice[0]].abs() <= 1).all(-1)
         pts0, pts1 = both[0][keep], both[1][keep]
     return pts0, pts1, choice, bool(zooms)

@@ -39,8 +39,14 @@ from l2m_plugin.matching.build import build_matcher
 from l2m_plugin.matching.dense import DensePairMatcher
 from l2m_plugin.matching.sift import SiftPairMatcher
 from l2m_plugin.sfm.pairs import parse_pairs_spec, shard_pairs
-from l2m_plugin.sfm.pipeline import OutputWriteError, match_pairs, reconstruct, write_tracks
-from l2m_plugin.sfm.tracks import DEFAULT_CELL_SIZE
+from l2m_plugin.sfm.pipeline import (
+    OutputWriteError,
+    match_pairs,
+    merge_rule,
+    reconstruct,
+    write_tracks,
+)
+from l2m_plugin.sfm.tracks import DEFAULT_MERGE_RADIUS
 from l2m_plugin.synthesis import SynthesisError
 from l2m_plugin.synthesis.config import load_config
 from l2m_plugin.synthesis.errors import BackendUnavailableError, ConfigMismatchError
@@ -414,10 +420,12 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     progress(f"reconstructing {image_dir} -> {out} (pairs: {args.pairs})")
     try:
         summary = reconstruct(
-            image_dir, out, pm, pairs=args.pairs, cell_size=args.cell_size, subpixel=args.subpixel,
+            image_dir, out, pm, pairs=args.pairs, cell_size=args.cell_size, merge_radius=args.merge_radius,
+            subpixel=args.subpixel,
             camera_mode=args.camera_mode, camera_model=args.camera_model, camera_params=args.camera_params,
             refine_intrinsics=not args.fixed_intrinsics, ransac_max_error=args.ransac_max_error,
-            reference=args.reference, overwrite=args.overwrite, seed=args.seed, progress=not args.quiet,
+            reference=args.reference, overwrite=args.overwrite, seed=args.seed if args.mapper_seed is None else args.mapper_seed,
+            progress=not args.quiet,
             mapper_options=dict(args.mapper) or None, fast_mapping=args.fast_mapping,
         )  # fmt: skip
     except (FileNotFoundError, ValueError, ImageLoadError, AttributeError, OutputWriteError) as exc:
@@ -431,6 +439,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     if m["points3D"]:
         msg += f", mean track length {m['mean_track_length']:.2f}, reprojection error {m['mean_reprojection_error_px']:.2f} px"
     progress(msg)
+    for name, why in m["suspect_images"].items():
+        progress(f"warning: {name} is registered but its pose is not trustworthy: {why}")
     for name, why in summary["skipped_images"].items():
         progress(f"skipped {name}: {why}")
     if "reference" in summary:
@@ -487,6 +497,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     progress = _Progress(args.quiet)
     out = Path(args.out)
     try:
+        rule = merge_rule(args.cell_size, args.merge_radius)  # refused before any merging
         n = merge_pair_files(args.shards, out / STORE_NAME, allow_partial=args.allow_partial)
     except (FileNotFoundError, ValueError, OSError) as exc:
         print(f"l2m merge: error: {exc}", file=sys.stderr)
@@ -496,7 +507,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     items = list(store.items())
     write_pairs(out / "pairs.txt", [(a, b) for a, b, *_ in items])
     names = sorted(sizes)
-    write_tracks(out, items, sizes, names, cell_size=args.cell_size)
+    write_tracks(out, items, sizes, names, **rule)
     progress(f"merged {len(args.shards)} shards: {n} pairs, {len(names)} images")
     for f in (STORE_NAME, "pairs.txt", "features.h5", "matches.h5"):
         print(out / f)
@@ -667,8 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("image_dir")
     r.add_argument("out_dir")
     r.add_argument("--pairs", default="exhaustive", help="exhaustive | sequential:K | retrieval:K | an hloc pairs file")
-    r.add_argument("--cell-size", type=float, default=DEFAULT_CELL_SIZE, help="track-building cell in pixels (one keypoint per cell)")
-    r.add_argument("--subpixel", action="store_true", help="keypoint at the certainty-weighted mean of its cell")
+    _add_track_flags(r)
+    r.add_argument("--subpixel", action="store_true", help="keypoint at the certainty-weighted mean of its group")
     r.add_argument("--camera-mode", default="auto", choices=["auto", "single", "per_folder", "per_image"])
     r.add_argument("--camera-model", type=_camera_model, default="SIMPLE_RADIAL")
     r.add_argument("--camera-params", default=None, help="known intrinsics, comma-separated (e.g. PINHOLE fx,fy,cx,cy)")
@@ -678,6 +689,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mapper", type=_mapper_option, action="append", default=[], metavar="KEY=VALUE",
                    help="pycolmap IncrementalPipelineOptions field, repeatable "
                         "(e.g. triangulation.ignore_two_view_tracks=false mapper.init_min_tri_angle=4)")
+    r.add_argument("--mapper-seed", type=_int_at_least(0), default=None,
+                   help="COLMAP's random seed (verification, mapping) apart from --seed, the matches' sampling "
+                        "seed: re-map the same matches to see how stable the model is")
     r.add_argument("--overwrite", action="store_true", help="recompute matches from an earlier run")
     r.add_argument("--fast-mapping", action="store_true",
                    help="map with every CPU core: faster, but not repeatable (default: one thread, same matches -> same model)")
@@ -696,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("merge", help="merge shard h5 files into pair_matches.h5 + hloc's features.h5 / matches.h5")
     g.add_argument("shards", nargs="+")
     g.add_argument("--out", required=True, help="output folder (usable as `l2m reconstruct`'s OUT_DIR)")
-    g.add_argument("--cell-size", type=float, default=DEFAULT_CELL_SIZE, help="track-building cell in pixels")
+    _add_track_flags(g)
     g.add_argument("--allow-partial", action="store_true", help="merge even if shards of the i/N set are missing")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=_cmd_merge)
@@ -781,6 +795,15 @@ _RESUME = {
     "bench": "every finished pair is in the run's pair_matches.h5; rerun the same command to resume",
     "train": "the last checkpoint is in train.out/checkpoints; rerun the same command to resume",
 }
+
+
+def _add_track_flags(p: argparse.ArgumentParser) -> None:
+    """``--merge-radius`` / ``--cell-size``: the two track-building rules (one at a time)."""
+    p.add_argument("--merge-radius", type=float, default=None, metavar="PX",
+                   help=f"merge each image's match end points closer than PX into one keypoint "
+                        f"(default {DEFAULT_MERGE_RADIUS})")
+    p.add_argument("--cell-size", type=float, default=None, metavar="PX",
+                   help="instead: one keypoint per PX x PX grid cell (hloc's rule; 2 was the default until 2026-12-06)")
 
 
 def main(argv: list[str] | None = None) -> int:

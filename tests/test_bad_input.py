@@ -316,3 +316,20 @@ def test_training_and_generator_arguments_are_checked_first(tmp_path, capsys):
     assert main(["make-checkpoint", "--out", str(tmp_path / "file"), "--quiet"]) == 2
     assert "is an existing file, not a folder" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_two_track_rules_at_once_are_refused_before_matching(tmp_path, capsys, photo):
+    from l2m_plugin.cli import main
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for n in ("a.png", "b.png"):
+        Image.fromarray(photo).save(folder / n)
+    rc = main(["reconstruct", str(folder), str(tmp_path / "rec"), "--quiet", "--matcher", "sift",
+               "--cell-size", "2", "--merge-radius", "1"])  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "cell_size=2.0 and merge_radius=1.0" in err and "give one of them" in err
+    assert not (tmp_path / "rec" / "pair_matches.h5").exists()  # refused before any matching
+    rc = main(["merge", str(tmp_path / "none.h5"), "--out", str(tmp_path / "m"), "--merge-radius", "0"])
+    assert rc == 2 and "merge_radius must be > 0, got 0.0" in capsys.readouterr().err

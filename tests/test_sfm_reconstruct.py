@@ -17,7 +17,7 @@ from l2m_plugin.matching.dense import DensePairMatcher
 from l2m_plugin.matching.sift import SiftPairMatcher
 from l2m_plugin.sfm.pipeline import match_pairs, reconstruct
 
-from .conftest import SHARED_DATA
+from .conftest import SHARED_DATA, benchmark_script
 
 
 @pytest.fixture(scope="module")
@@ -295,6 +295,23 @@ def test_cli_shards_then_merge_equal_one_run(scene, scene_dir, tmp_path):
     one = json.loads((tmp_path / "one" / "summary.json").read_text())
     assert merged["model"]["registered_images"] == one["model"]["registered_images"] == 5
     assert merged["model"]["points3D"] == one["model"]["points3D"]
+    assert one["tracks"]["rule"] == "radius" and one["tracks"]["merge_radius_px"] == 1.25
+    assert one["model"]["colmap_seed"] == 0
+    # --mapper-seed: COLMAP's seed alone; the matches (sampling seed 0) are reused.
+    assert main(["reconstruct", str(scene_dir), str(tmp_path / "one"), "--matcher", "sift", *args,
+                 "--mapper-seed", "5"]) == 0  # fmt: skip
+    again = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert again["matching"]["reused_pairs"] == 10 and again["model"]["colmap_seed"] == 5
+    assert again["model"]["registered_images"] == 5
+    # benchmarks/mapper_seeds.py re-maps the run at two seeds, matcher settings from its summary
+    seeds = benchmark_script("mapper_seeds")
+    assert seeds.main(["--runs", str(tmp_path / "one"), "--seeds", "0", "5", "--out", str(tmp_path / "seeds"),
+                       "--", *args[:-1], "--cell-size", "2"]) == 0  # fmt: skip
+    rows = json.loads((tmp_path / "seeds" / "seeds.json").read_text())["rows"]
+    assert [(r["seed"], r["rule"], r["reused_pairs"], r["registered"]) for r in rows] == [
+        (0, "grid", 10, 5),
+        (5, "grid", 10, 5),
+    ]
     # A changed setting is refused with a clear message and exit code 2.
     assert (
         main(

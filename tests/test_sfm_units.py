@@ -16,7 +16,8 @@ from l2m_plugin.sfm.pairs import (
     sequential_pairs,
     shard_pairs,
 )
-from l2m_plugin.sfm.tracks import build_tracks, one_to_one
+from l2m_plugin.sfm.pipeline import merge_rule
+from l2m_plugin.sfm.tracks import DEFAULT_MERGE_RADIUS, build_tracks, cluster_by_radius, one_to_one
 
 
 def _img(path, size=(32, 24)):
@@ -124,6 +125,73 @@ def test_tracks_drop_points_outside_and_keep_distinct_cells():
         build_tracks([], sizes, cell_size=0)
 
 
+def _leader_rule(xy, s, r):
+    """The sequential rule, written out: in decreasing score (stable), a point opens a cluster
+    unless an opened one lies within r."""
+    centres = []
+    for k in np.argsort(-s, kind="stable"):
+        if all(((xy[k] - xy[c]) ** 2).sum() > r * r for c in centres):
+            centres.append(k)
+    return sorted(centres)
+
+
+def test_cluster_by_radius_is_the_sequential_leader_rule():
+    rng = np.random.default_rng(3)
+    for trial in range(12):
+        n = int(rng.integers(2, 400))
+        xy = rng.uniform(0, rng.uniform(4, 40), (n, 2))
+        if trial % 3 == 0:
+            xy = np.round(xy)  # repeated positions
+        s = np.round(rng.uniform(0, 1, n), 1) if trial % 2 else rng.uniform(0, 1, n)  # ties
+        r = float(rng.uniform(0.5, 3.0))
+        labels, centres = cluster_by_radius(xy, s, r)
+        assert centres.tolist() == _leader_rule(xy, s, r), trial
+        d2 = ((xy[:, None] - xy[centres][None]) ** 2).sum(-1)
+        np.testing.assert_allclose(d2[np.arange(n), labels], d2.min(1))  # the nearest centre
+        assert d2[np.arange(n), labels].max() <= r * r + 1e-12  # nothing moves more than r
+        assert labels[centres].tolist() == list(range(len(centres)))
+    labels, centres = cluster_by_radius(np.zeros((0, 2)), np.zeros(0), 1.0)
+    assert labels.shape == (0,) and centres.shape == (0,)
+    with pytest.raises(ValueError, match="radius"):
+        cluster_by_radius(np.zeros((2, 2)), np.ones(2), 0.0)
+
+
+def test_tracks_by_distance_ignore_cell_borders_and_bound_the_move():
+    sizes = {"A": (100, 80), "B": (100, 80), "C": (100, 80)}
+    # One point of A seen 0.1 px apart through (A,B) and (A,C), across the x = 4 border of a
+    # 4-px grid; and two points of A 1.4 px apart inside one grid cell (x in [8, 12)).
+    pm = [
+        ("A", "B", np.array([[3.95, 10.0], [8.3, 30.0]]), np.array([[50.0, 50.0], [60.0, 20.0]]), np.array([0.9, 0.9])),
+        ("A", "C", np.array([[4.05, 10.0], [9.7, 30.0]]), np.array([[20.0, 70.0], [30.0, 10.0]]), np.array([0.8, 0.8])),
+    ]  # fmt: skip
+    grid = build_tracks(pm, sizes, cell_size=4.0)
+    assert len(grid.keypoints["A"]) == 3  # split by the border, merged inside the cell
+    assert sorted(grid.track_lengths().tolist()) == [2, 2, 3]
+    near = build_tracks(pm, sizes, merge_radius=1.25)
+    kp = near.keypoints["A"]
+    assert len(kp) == 3  # the 0.1-px pair merged, the 1.4-px pair kept apart
+    np.testing.assert_allclose(kp, [[3.95, 10.0], [8.3, 30.0], [9.7, 30.0]], atol=1e-6)
+    assert sorted(near.track_lengths().tolist()) == [2, 2, 3]
+    assert near.matches[("A", "C")][0].tolist() == [[0, 0], [2, 1]]
+    # sub-pixel: the score-weighted mean of the merged pair
+    sub = build_tracks(pm, sizes, merge_radius=1.25, subpixel=True)
+    np.testing.assert_allclose(sub.keypoints["A"][0], [(0.9 * 3.95 + 0.8 * 4.05) / 1.7, 10.0], atol=1e-4)
+    with pytest.raises(ValueError, match="merge_radius"):
+        build_tracks(pm, sizes, merge_radius=-1.0)
+
+
+def test_merge_rule_is_one_rule():
+    assert merge_rule() == {"cell_size": None, "merge_radius": DEFAULT_MERGE_RADIUS}
+    assert merge_rule(cell_size=2) == {"cell_size": 2.0, "merge_radius": None}
+    assert merge_rule(merge_radius=0.5) == {"cell_size": None, "merge_radius": 0.5}
+    with pytest.raises(ValueError, match="cell_size=2 and merge_radius=1"):
+        merge_rule(2, 1)
+    with pytest.raises(ValueError, match="merge_radius must be > 0"):
+        merge_rule(merge_radius=0)
+    with pytest.raises(ValueError, match="cell_size must be > 0"):
+        merge_rule(cell_size=-2)
+
+
 def test_one_to_one_is_greedy_by_score():
     keep = one_to_one(
         np.array([0, 0, 1, 2]), np.array([5, 6, 5, 7]), np.array([0.5, 0.9, 0.8, 0.1])
@@ -202,3 +270,35 @@ def test_pair_store_written_before_a_config_field_existed_reopens_at_its_default
     zoom = DensePairMatcher(L2M(PRESETS["l2m-tiny"]), tmp_path)  # covisible_zooms [2.0]
     with pytest.raises(ValueError, match=r"config\.covisible_zooms: \[\] -> \[2\.0\]"):
         PairMatchStore(tmp_path / "a.h5", zoom.settings(), defaults=zoom.settings_defaults())
+
+
+def test_model_statistics_name_suspect_images():
+    """Registered images without 3D points or with bogus cameras are named (pycolmap counts them)."""
+    import pycolmap
+
+    from l2m_plugin.sfm.colmap import model_statistics
+
+    from .conftest import SHARED_DATA
+
+    model = SHARED_DATA / "colmap_maupertuis" / "reconstruction"
+    if not model.is_dir():
+        pytest.skip(f"{model} not found (tests expect ../shared/data beside the repo)")
+    rec = pycolmap.Reconstruction(str(model))
+    names = sorted(im.name for im in rec.images.values())
+    stats = model_statistics(rec, names)
+    assert stats["registered_images"] == 4 and stats["suspect_images"] == {}
+    by_name = {im.name: i for i, im in rec.images.items()}
+    seen = {p2.point3D_id for p2 in rec.images[by_name["02.jpg"]].points2D if p2.has_point3D()}
+    assert len(seen) > 10
+    for pid in seen:
+        rec.delete_point3D(pid)
+    stats = model_statistics(rec, names)
+    assert stats["registered_images"] == 4  # pycolmap still counts it
+    assert stats["suspect_images"] == {"02.jpg": "observes no 3D point"}
+    cam = next(iter(rec.cameras.values()))  # the four photos share one camera
+    cam.params = [11 * cam.width if k in cam.focal_length_idxs() else v for k, v in enumerate(cam.params)]
+    stats = model_statistics(rec, names)
+    assert sorted(stats["suspect_images"]) == names
+    assert "out of COLMAP's bounds" in stats["suspect_images"]["00.jpg"]
+    assert stats["suspect_images"]["02.jpg"].startswith("observes no 3D point; camera parameters out of")
+    assert stats["points3D"] == rec.num_points3D() > 0

@@ -215,13 +215,44 @@ def run_mapping(
     return best
 
 
+def suspect_images(rec: pycolmap.Reconstruction) -> dict[str, str]:
+    """Registered images of ``rec`` whose pose is not trustworthy, ``{name: reason}`` (see
+    :func:`model_statistics`)."""
+    defaults = pycolmap.IncrementalPipelineOptions()
+    out = {}
+    for i in rec.reg_image_ids():
+        im = rec.images[i]
+        cam = rec.cameras[im.camera_id]
+        reasons = []
+        if im.num_points3D == 0:
+            reasons.append("observes no 3D point")
+        if cam.has_bogus_params(
+            defaults.min_focal_length_ratio, defaults.max_focal_length_ratio, defaults.max_extra_param
+        ):
+            params = ", ".join(f"{v:.4g}" for v in cam.params)
+            reasons.append(f"camera parameters out of COLMAP's bounds ({cam.model.name}: {params})")
+        if reasons:
+            out[im.name] = "; ".join(reasons)
+    return dict(sorted(out.items()))
+
+
 def model_statistics(rec: pycolmap.Reconstruction | None, names: Sequence[str]) -> dict:
-    """Registered images, 3D points, mean track length and mean reprojection error of a model."""
+    """Registered images, 3D points, mean track length and mean reprojection error of a model.
+
+    ``suspect_images`` (``{name: reason}``) lists registered images whose pose is not to be
+    trusted although ``registered_images`` counts them: pycolmap can keep an image registered
+    after bundle adjustment has driven its camera to nonsense (seen: focal lengths of -2,800
+    and 6,000,000 px, radial distortion of -14,000,000). The reasons: it observes no 3D point,
+    or its camera has what COLMAP calls bogus parameters (``Camera.has_bogus_params`` with the
+    mapper's defaults: focal length outside 0.1-10 times the image size, or an extra parameter
+    such as distortion beyond 1 in magnitude).
+    """
     if rec is None:
         return {
             "registered_images": 0,
             "num_images": len(names),
             "registered": [],
+            "suspect_images": {},
             "unregistered": list(names),
             "points3D": 0,
             "mean_track_length": 0.0,
@@ -233,6 +264,7 @@ def model_statistics(rec: pycolmap.Reconstruction | None, names: Sequence[str]) 
         "registered_images": len(reg),
         "num_images": len(names),
         "registered": reg,
+        "suspect_images": suspect_images(rec),
         "unregistered": sorted(set(names) - set(reg)),
         "points3D": int(rec.num_points3D()),
         "mean_track_length": float(rec.compute_mean_track_length()) if rec.num_points3D() else 0.0,

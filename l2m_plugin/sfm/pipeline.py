@@ -10,7 +10,8 @@ Stages (each timed in ``summary.json``):
    already there are skipped; an interruption keeps every finished pair; a failing
    pair is reported and the others go on);
 4. ``tracks``: per-pair matches quantised into shared keypoints
-   (:mod:`l2m_plugin.sfm.tracks`), written as hloc's ``features.h5``/``matches.h5``;
+   (:mod:`l2m_plugin.sfm.tracks`; by distance, or by grid cells with ``cell_size``), written
+   as hloc's ``features.h5``/``matches.h5``;
 5. ``database``: COLMAP database via pycolmap (``database.db``);
 6. ``verification``: pycolmap two-view geometric verification;
 7. ``mapping``: pycolmap incremental mapping; the largest model in ``sfm/``;
@@ -42,10 +43,10 @@ from l2m_plugin.sfm.colmap import (
     verify_pairs,
 )
 from l2m_plugin.sfm.pairs import parse_pairs_spec
-from l2m_plugin.sfm.tracks import DEFAULT_CELL_SIZE, Tracks, build_tracks
+from l2m_plugin.sfm.tracks import DEFAULT_MERGE_RADIUS, Tracks, build_tracks
 from l2m_plugin.viz import draw_reconstruction
 
-__all__ = ["reconstruct", "match_pairs", "write_tracks", "OutputWriteError"]
+__all__ = ["reconstruct", "match_pairs", "merge_rule", "write_tracks", "OutputWriteError"]
 
 
 class OutputWriteError(OSError):
@@ -177,9 +178,35 @@ def _read_sizes(image_dir: Path, names: Sequence[str], progress: bool) -> tuple[
     return sizes, fingerprints, bad
 
 
+def merge_rule(cell_size: float | None = None, merge_radius: float | None = None) -> dict:
+    """The track-building rule of ``l2m reconstruct`` / ``l2m merge`` as ``build_tracks`` keywords.
+
+    ``cell_size`` alone: hloc's grid (one keypoint per cell); otherwise merging by distance,
+    ``merge_radius`` or :data:`~l2m_plugin.sfm.tracks.DEFAULT_MERGE_RADIUS` pixels.
+
+    Returns:
+        ``{"cell_size": float | None, "merge_radius": float | None}``, exactly one set.
+    Raises:
+        ValueError: both given (they are two rules), or the given one <= 0.
+    """
+    if cell_size is not None and merge_radius is not None:
+        raise ValueError(
+            f"cell_size={cell_size} and merge_radius={merge_radius} are two track-building rules "
+            "(grid cells or distance): give one of them"
+        )
+    if cell_size is not None:
+        if not cell_size > 0:
+            raise ValueError(f"cell_size must be > 0, got {cell_size}")
+        return {"cell_size": float(cell_size), "merge_radius": None}
+    radius = DEFAULT_MERGE_RADIUS if merge_radius is None else merge_radius
+    if not radius > 0:
+        raise ValueError(f"merge_radius must be > 0, got {radius}")
+    return {"cell_size": None, "merge_radius": float(radius)}
+
+
 def write_tracks(
     out: Path, raw: Sequence[tuple], sizes: dict[str, tuple[int, int]], names: Sequence[str], *,
-    cell_size: float, subpixel: bool = False,
+    cell_size: float | None = None, merge_radius: float | None = None, subpixel: bool = False,
 ) -> Tracks:  # fmt: skip
     """Per-pair matches to shared keypoints (:func:`~l2m_plugin.sfm.tracks.build_tracks`), written
     as hloc's ``out/features.h5`` and ``out/matches.h5``.
@@ -188,10 +215,14 @@ def write_tracks(
         raw: ``(name0, name1, kpts0 (N, 2), kpts1 (N, 2), scores (N,))`` in COLMAP pixel coordinates.
         sizes: ``{name: (W, H)}`` of the stored images.
         names: the images of the model (an image without matches gets 0 keypoints).
+        cell_size, merge_radius: the merge rule (:func:`merge_rule`).
     Returns:
         the :class:`~l2m_plugin.sfm.tracks.Tracks`.
+    Raises:
+        ValueError: both ``cell_size`` and ``merge_radius`` given, or one <= 0.
     """
-    tracks = build_tracks(raw, {n: sizes[n] for n in names}, cell_size=cell_size, subpixel=subpixel)
+    rule = merge_rule(cell_size, merge_radius)
+    tracks = build_tracks(raw, {n: sizes[n] for n in names}, subpixel=subpixel, **rule)
     for n in names:
         tracks.keypoints.setdefault(n, np.zeros((0, 2), np.float32))
     write_features(out / "features.h5", {n: tracks.keypoints[n] for n in names}, sizes)
@@ -205,7 +236,8 @@ def reconstruct(
     pair_matcher,
     *,
     pairs: str = "exhaustive",
-    cell_size: float = DEFAULT_CELL_SIZE,
+    cell_size: float | None = None,
+    merge_radius: float | None = None,
     subpixel: bool = False,
     camera_mode: str = "auto",
     camera_model: str = "SIMPLE_RADIAL",
@@ -229,7 +261,8 @@ def reconstruct(
         pair_matcher: :class:`~l2m_plugin.matching.dense.DensePairMatcher` or
             :class:`~l2m_plugin.matching.dense.SiftPairMatcher`.
         pairs: ``exhaustive`` | ``sequential:K`` | ``retrieval:K`` | pairs-file path.
-        cell_size, subpixel: track building (:func:`~l2m_plugin.sfm.tracks.build_tracks`).
+        cell_size, merge_radius, subpixel: track building
+            (:func:`~l2m_plugin.sfm.tracks.build_tracks`; the rule: :func:`merge_rule`).
         camera_mode, camera_model, camera_params: COLMAP cameras (see
             :func:`~l2m_plugin.sfm.colmap.import_into_database`).
         refine_intrinsics: let bundle adjustment refine focal length / distortion.
@@ -239,7 +272,7 @@ def reconstruct(
             errors (degrees, after global rotation alignment) go into the summary.
         overwrite: discard matches from earlier runs (else they are reused when the
             matcher settings are the same, and refused when they differ).
-        seed: COLMAP's random seed.
+        seed: COLMAP's random seed (two-view verification and mapping; the matcher has its own).
         progress: progress bars on stderr.
         fast_mapping: map with every core; faster, but two runs on the same matches may
             differ (the default maps on one thread: repeatable).
@@ -247,10 +280,13 @@ def reconstruct(
         the summary dict (also written to ``summary.json``).
     Raises:
         FileNotFoundError: missing image folder / no images / missing pairs file.
-        ValueError: bad pairs spec, duplicate image names, or stored matches from
-            another matcher setting (without ``overwrite``).
+        ValueError: bad pairs spec, duplicate image names, both ``cell_size`` and
+            ``merge_radius``, or stored matches from another matcher setting (without
+            ``overwrite``).
     """
     import torch
+
+    rule = merge_rule(cell_size, merge_radius)  # refused before any matching
 
     image_dir, out = Path(image_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -299,10 +335,12 @@ def reconstruct(
             and a in names
             and b in names
         ]
-        tracks = write_tracks(out, raw, sizes, names, cell_size=cell_size, subpixel=subpixel)
+        tracks = write_tracks(out, raw, sizes, names, subpixel=subpixel, **rule)
         lengths = tracks.track_lengths()
     summary["tracks"] = {
-        "cell_size_px": cell_size,
+        "rule": "grid" if rule["merge_radius"] is None else "radius",
+        "cell_size_px": rule["cell_size"] if rule["merge_radius"] is None else None,
+        "merge_radius_px": rule["merge_radius"],
         "subpixel": subpixel,
         "keypoints": int(sum(len(k) for k in tracks.keypoints.values())),
         "matches": int(sum(len(m[0]) for m in tracks.matches.values())),
@@ -325,6 +363,7 @@ def reconstruct(
             refine_intrinsics=refine_intrinsics, options=mapper_options, num_threads=-1 if fast_mapping else 1,
         )  # fmt: skip
     summary["model"] = model_statistics(rec, names)
+    summary["model"]["colmap_seed"] = seed
     summary["model"]["path"] = str(out / "sfm") if rec is not None else None
     if reference is not None and rec is not None:
         import pycolmap

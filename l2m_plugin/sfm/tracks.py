@@ -114,10 +114,10 @@ def cluster_by_radius(xy: np.ndarray, scores: np.ndarray, radius: float) -> tupl
     In decreasing score (ties: input order) an observation becomes a cluster *centre* unless
     a centre already lies within ``radius``; then every other observation joins its nearest
     centre (one exists within ``radius`` by construction), so no observation is moved by more
-    than ``radius``. This is
-    the sequential "leader" rule, computed here in parallel rounds: an undecided observation
-    that outranks all its undecided neighbours is a centre, and its neighbours are then
-    members (the lexicographically first maximal independent set, the same result).
+    than ``radius``. This is the sequential "leader" rule, computed here in parallel rounds: an
+    undecided observation that outranks all its undecided neighbours is a centre, and its
+    neighbours are then members (the lexicographically first maximal independent set: the same
+    result). Cost: the pairs of observations within ``radius`` of each other (grid hashing).
 
     Args:
         xy: ``(N, 2)`` float positions (pixels, any convention).

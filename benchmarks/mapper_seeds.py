@@ -10,7 +10,8 @@ reused, nothing is matched again) and the flags after ``--`` (e.g. a track rule:
 made with; the shipped weights). Prints, per run and seed: points, mean track length,
 reprojection error, rotation errors against ``--reference`` (min / median / max, degrees) and
 the images the summary calls suspect; then per track rule the counts over all runs. Writes
-``OUT/seeds.json``.
+``OUT/seeds.json``. With ``-- --mapper-tries N`` each run tries seeds ``seed`` to
+``seed + N - 1`` and keeps one (column ``kept``).
 
     # README, "Track building by distance; the mapper's seeds": both rules on one run, 3 seeds
     python benchmarks/mapper_seeds.py --runs OUT_RECON --seeds 0 1 2 --out SEEDS_GRID \
@@ -90,6 +91,8 @@ def _one(job: dict) -> dict:
         suspect_images=m.get("suspect_images", {}),
         reused_pairs=s["matching"]["reused_pairs"],
         rule=s["tracks"].get("rule", "grid"),
+        kept_seed=m.get("colmap_seed", job["seed"]),  # differs from seed with --mapper-tries
+        tries=len(m.get("tries", [None])),
     )
     if "reference" in s:
         rot = np.array(list(s["reference"]["rotation_error_deg"].values()))
@@ -132,14 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             rows = list(pool.map(_one, jobs))
 
-    print(f"{'run':<24} seed  points  track  error px  rotation min/median/max deg  suspect")
+    print(f"{'run':<24} seed  kept  points  track  error px  rotation min/median/max deg  suspect")
     for r in rows:
         if "error" in r:
             print(f"{r['run']:<24} {r['seed']:>4}  failed: {r['error'].strip().splitlines()[-1:]}")
             continue
         rot = "/".join(f"{v:.2f}" for v in r.get("rotation_error_deg", [])) or "-"
         err = r["reprojection_error_px"]
-        print(f"{r['run']:<24} {r['seed']:>4}  {r['points3D']:>6}  {r['track_length']:.2f}  "
+        print(f"{r['run']:<24} {r['seed']:>4}  {r['kept_seed']:>4}  {r['points3D']:>6}  {r['track_length']:.2f}  "
               f"{err if err is None else format(err, '.3f'):>8}  {rot:>27}  {len(r['suspect_images'])}")  # fmt: skip
     ok = [r for r in rows if "error" not in r]
     if ok:

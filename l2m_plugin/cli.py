@@ -38,6 +38,7 @@ from l2m_plugin.io import ImageLoadError, file_fingerprint, list_images
 from l2m_plugin.matching.build import build_matcher
 from l2m_plugin.matching.dense import DensePairMatcher
 from l2m_plugin.matching.sift import SiftPairMatcher
+from l2m_plugin.sfm.colmap import DEFAULT_MAPPER_TRIES
 from l2m_plugin.sfm.pairs import parse_pairs_spec, shard_pairs
 from l2m_plugin.sfm.pipeline import (
     OutputWriteError,
@@ -427,6 +428,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             reference=args.reference, overwrite=args.overwrite, seed=args.seed if args.mapper_seed is None else args.mapper_seed,
             progress=not args.quiet,
             mapper_options=dict(args.mapper) or None, fast_mapping=args.fast_mapping,
+            mapper_tries=args.mapper_tries,
         )  # fmt: skip
     except (FileNotFoundError, ValueError, ImageLoadError, AttributeError, OutputWriteError) as exc:
         print(f"l2m reconstruct: error: {exc}", file=sys.stderr)
@@ -439,6 +441,13 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     if m["points3D"]:
         msg += f", mean track length {m['mean_track_length']:.2f}, reprojection error {m['mean_reprojection_error_px']:.2f} px"
     progress(msg)
+    if len(m["tries"]) > 1:
+        progress("mapper tries (seed: registered, suspect, error): " + "; ".join(
+            f"{t['seed']}: {t['registered_images']}, {len(t['suspect_images'])}, "
+            + (f"{t['mean_reprojection_error_px']:.3f} px" if t["mean_reprojection_error_px"] is not None else "-")
+            + (" (kept)" if t["chosen"] else "")
+            for t in m["tries"]
+        ))  # fmt: skip
     for name, why in m["suspect_images"].items():
         progress(f"warning: {name} is registered but its pose is not trustworthy: {why}")
     for name, why in summary["skipped_images"].items():
@@ -692,6 +701,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mapper-seed", type=_int_at_least(0), default=None,
                    help="COLMAP's random seed (verification, mapping) apart from --seed, the matches' sampling "
                         "seed: re-map the same matches to see how stable the model is")
+    r.add_argument("--mapper-tries", type=_int_at_least(1), default=DEFAULT_MAPPER_TRIES, metavar="N",
+                   help="verify and map N times (COLMAP seeds S, S+1, ..., S: --mapper-seed, else --seed) and keep "
+                        "the model with the most trusted images, then the lowest reprojection error "
+                        f"(default {DEFAULT_MAPPER_TRIES}; 1: one try)")
     r.add_argument("--overwrite", action="store_true", help="recompute matches from an earlier run")
     r.add_argument("--fast-mapping", action="store_true",
                    help="map with every CPU core: faster, but not repeatable (default: one thread, same matches -> same model)")

@@ -333,3 +333,6 @@ def test_two_track_rules_at_once_are_refused_before_matching(tmp_path, capsys, p
     assert not (tmp_path / "rec" / "pair_matches.h5").exists()  # refused before any matching
     rc = main(["merge", str(tmp_path / "none.h5"), "--out", str(tmp_path / "m"), "--merge-radius", "0"])
     assert rc == 2 and "merge_radius must be > 0, got 0.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["reconstruct", str(folder), str(tmp_path / "rec"), "--quiet", "--matcher", "sift", "--mapper-tries", "0"])
+    assert e.value.code == 2 and "argument --mapper-tries: must be >= 1, got 0" in capsys.readouterr().err

@@ -92,8 +92,12 @@ def test_oracle_reconstruction_recovers_the_synthetic_poses(scene, oracle_run):
     )
     assert s["matching"]["encoder_passes"] == 20  # the oracle has no encoder: 2 per pair
     assert s["matching"]["torch_threads"] == torch.get_num_threads()
-    for stage in ("images", "pairs", "matching", "tracks", "database", "verification", "mapping"):
+    for stage in ("images", "pairs", "matching", "tracks", "database", "verification_and_mapping"):
         assert stage in s["timings_s"]
+    # three tries by default, each timed; the kept one's verification is the summary's
+    tries = s["model"]["tries"]
+    assert [t["seed"] for t in tries] == [0, 1, 2] and sum(t["chosen"] for t in tries) == 1
+    assert all(t["timings_s"]["mapping"] > 0 for t in tries)
     assert (out / "reconstruction.png").stat().st_size > 1000
     assert (
         json.loads((out / "summary.json").read_text())["model"]["points3D"]
@@ -296,13 +300,26 @@ def test_cli_shards_then_merge_equal_one_run(scene, scene_dir, tmp_path):
     assert merged["model"]["registered_images"] == one["model"]["registered_images"] == 5
     assert merged["model"]["points3D"] == one["model"]["points3D"]
     assert one["tracks"]["rule"] == "radius" and one["tracks"]["merge_radius_px"] == 1.25
-    assert one["model"]["colmap_seed"] == 0
-    # --mapper-seed: COLMAP's seed alone; the matches (sampling seed 0) are reused.
+    # three tries by default, at COLMAP seeds 0-2; the kept one is the model
+    assert [t["seed"] for t in one["model"]["tries"]] == [0, 1, 2]
+    assert one["model"]["colmap_seed"] == next(t["seed"] for t in one["model"]["tries"] if t["chosen"])
+    # --mapper-seed: COLMAP's seeds alone (5-7); the matches (sampling seed 0) are reused.
     assert main(["reconstruct", str(scene_dir), str(tmp_path / "one"), "--matcher", "sift", *args,
                  "--mapper-seed", "5"]) == 0  # fmt: skip
     again = json.loads((tmp_path / "one" / "summary.json").read_text())
-    assert again["matching"]["reused_pairs"] == 10 and again["model"]["colmap_seed"] == 5
+    assert again["matching"]["reused_pairs"] == 10 and again["model"]["colmap_seed"] in (5, 6, 7)
+    assert [t["seed"] for t in again["model"]["tries"]] == [5, 6, 7]
     assert again["model"]["registered_images"] == 5
+    # --mapper-tries 2: COLMAP seeds 0 and 1 on the same verified matches; one kept, both recorded
+    assert main(["reconstruct", str(scene_dir), str(tmp_path / "one"), "--matcher", "sift", *args,
+                 "--mapper-tries", "2"]) == 0  # fmt: skip
+    tried = json.loads((tmp_path / "one" / "summary.json").read_text())["model"]
+    assert [t["seed"] for t in tried["tries"]] == [0, 1]
+    assert sum(t["chosen"] for t in tried["tries"]) == 1
+    kept = next(t for t in tried["tries"] if t["chosen"])
+    assert tried["colmap_seed"] == kept["seed"]
+    assert (tried["registered_images"], tried["points3D"]) == (kept["registered_images"], kept["points3D"]) == (5, kept["points3D"])
+    assert all((tmp_path / "one" / "sfm" / "tries" / f"seed_{s}" / "images.bin").exists() for s in (0, 1))
     # benchmarks/mapper_seeds.py re-maps the run at two seeds, matcher settings from its summary
     seeds = benchmark_script("mapper_seeds")
     assert seeds.main(["--runs", str(tmp_path / "one"), "--seeds", "0", "5", "--out", str(tmp_path / "seeds"),
@@ -402,7 +419,7 @@ def test_cli_reconstruct_with_l2m_weights_runs_end_to_end(official_checkpoint, t
     assert s["matching"]["new_pairs"] == 17 and s["matching"]["encoder_passes"] == 10
     assert s["tracks"]["raw_matches"] > 17 * 400
     assert s["verification"]["matched_pairs"] == 17
-    assert "mapping" in s["timings_s"]
+    assert "verification_and_mapping" in s["timings_s"]
 
 
 def test_maupertuis_against_its_reference_model(tmp_path):

@@ -1,5 +1,7 @@
 """SfM building blocks: image lists, pairs, shards, track building, h5 files."""
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -302,3 +304,75 @@ def test_model_statistics_name_suspect_images():
     assert "out of COLMAP's bounds" in stats["suspect_images"]["00.jpg"]
     assert stats["suspect_images"]["02.jpg"].startswith("observes no 3D point; camera parameters out of")
     assert stats["points3D"] == rec.num_points3D() > 0
+
+
+def test_map_tries_keeps_the_model_with_most_trusted_images_then_lowest_error(tmp_path, monkeypatch):
+    """map_tries verifies and maps at each seed and ranks the tries by their own statistics: a
+    try with a suspect image loses to clean ones even at a lower reprojection error; among clean
+    ones the lowest error wins (ties: the first seed); the kept model is written to ``output``
+    and its verified database replaces the input."""
+    import pycolmap
+
+    from l2m_plugin.sfm import colmap
+
+    from .conftest import SHARED_DATA
+
+    model = SHARED_DATA / "colmap_maupertuis" / "reconstruction"
+    if not model.is_dir():
+        pytest.skip(f"{model} not found (tests expect ../shared/data beside the repo)")
+    names = sorted(im.name for im in pycolmap.Reconstruction(str(model)).images.values())
+    rng = np.random.default_rng(0)
+
+    def fake_mapping(database, image_dir, output, *, seed, **kw):
+        rec = pycolmap.Reconstruction(str(model))
+        if seed == 0:  # 02.jpg keeps its pose but observes nothing: suspect
+            by_name = {im.name: i for i, im in rec.images.items()}
+            for p2 in rec.images[by_name["02.jpg"]].points2D:
+                if p2.has_point3D() and p2.point3D_id in rec.points3D:
+                    rec.delete_point3D(p2.point3D_id)
+        if seed == 1:  # every point moved: a larger reprojection error
+            for pid in list(rec.points3D):
+                rec.points3D[pid].xyz = rec.points3D[pid].xyz + rng.normal(0, 0.05, 3)
+            rec.update_point_3d_errors()  # the mean error reads each point's stored error
+        Path(output).mkdir(parents=True, exist_ok=True)
+        rec.write(str(output))
+        return rec
+
+    def fake_verification(database, *, max_error, seed):
+        Path(database).write_text(f"verified at seed {seed}")
+
+    monkeypatch.setattr(colmap, "run_mapping", fake_mapping)
+    monkeypatch.setattr(colmap, "verify_pairs", fake_verification)
+    monkeypatch.setattr(colmap, "verification_report", lambda database: {"of": Path(database).read_text()})
+    db = tmp_path / "database.db"
+    db.write_text("matches, not verified")
+    out = tmp_path / "sfm"
+    (out / "tries" / "seed_9").mkdir(parents=True)  # a stale try of an earlier run
+    rec, tries = colmap.map_tries(db, "images", out, names, seeds=[0, 1, 2])
+    assert [t["seed"] for t in tries] == [0, 1, 2]
+    assert [t["chosen"] for t in tries] == [False, False, True]
+    assert tries[0]["suspect_images"] == {"02.jpg": "observes no 3D point"}
+    assert tries[1]["suspect_images"] == tries[2]["suspect_images"] == {}
+    assert tries[1]["mean_reprojection_error_px"] > tries[2]["mean_reprojection_error_px"] + 0.5
+    assert tries[0]["mean_reprojection_error_px"] < tries[1]["mean_reprojection_error_px"]
+    assert sorted(p.name for p in (out / "tries").iterdir()) == ["seed_0", "seed_1", "seed_2"]
+    assert [t["verification"]["of"] for t in tries] == [f"verified at seed {k}" for k in range(3)]
+    assert db.read_text() == "verified at seed 2"  # the kept try's verified database
+    kept = pycolmap.Reconstruction(str(out))
+    assert kept.compute_mean_reprojection_error() == pytest.approx(tries[2]["mean_reprojection_error_px"], abs=1e-9)
+    assert kept.num_points3D() == rec.num_points3D() == tries[2]["points3D"]
+    # ties keep the first seed; one seed maps straight into output, with no tries folder
+    _, tied = colmap.map_tries(db, "images", tmp_path / "tie", names, seeds=[5, 6])
+    assert [t["chosen"] for t in tied] == [True, False] and db.read_text() == "verified at seed 5"
+    _, single = colmap.map_tries(db, "images", tmp_path / "one", names, seeds=[3])
+    assert single[0]["chosen"] and not (tmp_path / "one" / "tries").exists()
+    assert db.read_text() == "verified at seed 3"  # one seed: verified in place
+    with pytest.raises(ValueError, match="distinct seeds"):
+        colmap.map_tries(db, "images", tmp_path / "x", names, seeds=[1, 1])
+    # the rank itself: trusted images first, then fewer suspects, then the error
+    rank = colmap.try_rank
+    a = {"registered_images": 10, "suspect_images": {"x": "?"}, "mean_reprojection_error_px": 0.5}
+    b = {"registered_images": 9, "suspect_images": {}, "mean_reprojection_error_px": 1.5}
+    c = {"registered_images": 9, "suspect_images": {}, "mean_reprojection_error_px": 0.9}
+    d = {"registered_images": 0, "suspect_images": {}, "mean_reprojection_error_px": None}
+    assert sorted([a, b, c, d], key=rank) == [d, a, b, c]

@@ -15,9 +15,12 @@ would be dropped is visible in ``summary.json`` instead of silently missing.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +31,19 @@ __all__ = [
     "verify_pairs",
     "verification_report",
     "run_mapping",
+    "map_tries",
+    "try_rank",
+    "DEFAULT_MAPPER_TRIES",
     "model_statistics",
     "rotation_errors",
 ]
 
 log = logging.getLogger(__name__)
+
+#: Verification-and-mapping tries of ``l2m reconstruct`` (:func:`map_tries`): three seeds kept
+#: every Sacre-Coeur model within 2 deg of the reference where one seed failed 1 time in 5
+#: (README, section "Mapping tries").
+DEFAULT_MAPPER_TRIES = 3
 
 
 def _camera_mode(mode: str) -> pycolmap.CameraMode:
@@ -213,6 +224,101 @@ def run_mapping(
         (output / f).unlink(missing_ok=True)
     best.write(output)
     return best
+
+
+def try_rank(stats: Mapping) -> tuple:
+    """Sort key of a mapping try (larger is better), from its :func:`model_statistics`.
+
+    In order: more trusted images (registered and not suspect, see :func:`suspect_images`),
+    then fewer suspect images, then a lower mean reprojection error. Only the model's own
+    statistics are used, never a reference.
+    """
+    suspect = len(stats["suspect_images"])
+    error = stats["mean_reprojection_error_px"]
+    return (stats["registered_images"] - suspect, -suspect, -(error if error is not None else np.inf))
+
+
+def map_tries(
+    database: str | Path,
+    image_dir: str | Path,
+    output: str | Path,
+    names: Sequence[str],
+    *,
+    seeds: Sequence[int] = (0,),
+    max_error: float = 4.0,
+    num_threads: int = 1,
+    refine_intrinsics: bool = True,
+    options: Mapping | None = None,
+    workers: int | None = None,
+) -> tuple[pycolmap.Reconstruction | None, list[dict]]:
+    """Two-view verification and incremental mapping of one database at several COLMAP seeds;
+    the best model (:func:`try_rank`) is written to ``output`` and returned.
+
+    Both steps draw random samples: verification's RANSAC decides which matches of a pair
+    are inliers, the mapper's the initial pair and each registration. On photos without an
+    EXIF focal length (COLMAP starts at 1.2 x the image size) some seeds leave a camera's
+    intrinsics in a wrong minimum, its pose degrees off or its parameters out of COLMAP's own
+    bounds. Trying a few seeds and keeping the model with the most trusted images, then the
+    lowest reprojection error, avoids most of them (README, section "Mapping tries").
+
+    ``database`` holds keypoints and matches, not yet verified. With one seed it is verified
+    in place and mapped into ``output`` (:func:`verify_pairs`, :func:`run_mapping`). With more,
+    try ``k`` verifies a copy, ``output/tries/seed_<seed>/database.db``, and maps it into that
+    folder (kept, for inspection); the kept try's database then replaces ``database`` and its
+    model is written to ``output``.
+
+    Args:
+        names: the images that were to be mapped (for the statistics).
+        seeds: COLMAP seeds, one try each, in this order (ties keep the first).
+        max_error: verification's RANSAC threshold in pixels.
+        num_threads, refine_intrinsics, options: as :func:`run_mapping`.
+        workers: tries run at once. Default: one per CPU core (at most one per seed) when
+            each try maps on one thread (``num_threads=1``; each try is repeatable, so the
+            result is the same as one after the other), else 1. Memory grows with it.
+    Returns:
+        ``(model or None, tries)``: ``tries[k]`` is the :func:`model_statistics` of try ``k``
+        plus ``seed``, ``chosen`` (bool), ``verification`` (:func:`verification_report`) and
+        ``timings_s`` (``verification``, ``mapping``).
+    Raises:
+        ValueError: no seed, or a repeated seed.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"mapping tries: give distinct seeds, got {seeds}")
+    database, output = Path(database), Path(output)
+    if (output / "tries").exists():  # an earlier run's tries
+        shutil.rmtree(output / "tries")
+
+    def one(s: int) -> tuple[pycolmap.Reconstruction | None, dict]:
+        folder = output if len(seeds) == 1 else output / "tries" / f"seed_{s}"
+        db = database
+        if len(seeds) > 1:
+            folder.mkdir(parents=True)
+            db = folder / "database.db"
+            shutil.copyfile(database, db)
+        t0 = time.perf_counter()
+        verify_pairs(db, max_error=max_error, seed=s)
+        t1 = time.perf_counter()
+        rec = run_mapping(db, image_dir, folder, seed=s, num_threads=num_threads,
+                          refine_intrinsics=refine_intrinsics, options=options)  # fmt: skip
+        timings = {"verification": t1 - t0, "mapping": time.perf_counter() - t1}
+        return rec, {"seed": s, "chosen": False, **model_statistics(rec, names),
+                     "verification": verification_report(db), "timings_s": timings}  # fmt: skip
+
+    if workers is None:  # one-thread tries side by side (pycolmap releases the GIL)
+        workers = min(len(seeds), os.cpu_count() or 1) if num_threads == 1 else 1
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        done = list(pool.map(one, seeds))
+    models, tries = [d[0] for d in done], [d[1] for d in done]
+    best = max(range(len(seeds)), key=lambda k: (try_rank(tries[k]), -k))
+    tries[best]["chosen"] = True
+    if len(seeds) > 1:
+        shutil.copyfile(output / "tries" / f"seed_{seeds[best]}" / "database.db", database)
+        for f in ("cameras.bin", "images.bin", "points3D.bin", "rigs.bin", "frames.bin"):
+            (output / f).unlink(missing_ok=True)
+        if models[best] is not None:
+            models[best].write(output)
+    return models[best], tries
 
 
 def suspect_images(rec: pycolmap.Reconstruction) -> dict[str, str]:

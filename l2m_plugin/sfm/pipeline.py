@@ -13,8 +13,11 @@ Stages (each timed in ``summary.json``):
    (:mod:`l2m_plugin.sfm.tracks`; by distance, or by grid cells with ``cell_size``), written
    as hloc's ``features.h5``/``matches.h5``;
 5. ``database``: COLMAP database via pycolmap (``database.db``);
-6. ``verification``: pycolmap two-view geometric verification;
-7. ``mapping``: pycolmap incremental mapping; the largest model in ``sfm/``;
+6. verification: pycolmap two-view geometric verification;
+7. mapping: pycolmap incremental mapping; the largest model in ``sfm/``. Steps 6-7 run at
+   ``mapper_tries`` COLMAP seeds (3 by default; side by side on several cores) and the best
+   model is kept (:func:`~l2m_plugin.sfm.colmap.map_tries`); timed together as
+   ``verification_and_mapping``, each try in ``summary["model"]["tries"]``;
 8. outputs: ``summary.json`` and ``reconstruction.png`` (top view of cameras and points).
 """
 
@@ -35,12 +38,10 @@ from l2m_plugin.formats.pair_store import STORE_NAME, PairMatchStore
 from l2m_plugin.formats.pairs_txt import write_pairs
 from l2m_plugin.io import ImageLoadError, file_fingerprint, list_images, load_image
 from l2m_plugin.sfm.colmap import (
+    DEFAULT_MAPPER_TRIES,
     import_into_database,
-    model_statistics,
+    map_tries,
     rotation_errors,
-    run_mapping,
-    verification_report,
-    verify_pairs,
 )
 from l2m_plugin.sfm.pairs import parse_pairs_spec
 from l2m_plugin.sfm.tracks import DEFAULT_MERGE_RADIUS, Tracks, build_tracks
@@ -250,6 +251,7 @@ def reconstruct(
     seed: int = 0,
     progress: bool = True,
     fast_mapping: bool = False,
+    mapper_tries: int = DEFAULT_MAPPER_TRIES,
 ) -> dict:
     """Run the whole pipeline (see the module docstring) and return the summary.
 
@@ -276,6 +278,10 @@ def reconstruct(
         progress: progress bars on stderr.
         fast_mapping: map with every core; faster, but two runs on the same matches may
             differ (the default maps on one thread: repeatable).
+        mapper_tries: verify and map this many times, at COLMAP seeds ``seed``, ``seed + 1``,
+            ...; the model with the most trusted images, then the lowest reprojection error,
+            is kept (:func:`~l2m_plugin.sfm.colmap.map_tries`); every try is in
+            ``summary["model"]["tries"]``.
     Returns:
         the summary dict (also written to ``summary.json``).
     Raises:
@@ -287,6 +293,8 @@ def reconstruct(
     import torch
 
     rule = merge_rule(cell_size, merge_radius)  # refused before any matching
+    if int(mapper_tries) < 1:
+        raise ValueError(f"mapper_tries must be >= 1, got {mapper_tries}")
 
     image_dir, out = Path(image_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -354,23 +362,38 @@ def reconstruct(
             out / "database.db", image_dir, names, tracks.keypoints, tracks.matches,
             camera_mode=camera_mode, camera_model=camera_model, camera_params=camera_params,
         )  # fmt: skip
-    with _timed(timings, "verification"):
-        verify_pairs(out / "database.db", max_error=ransac_max_error, seed=seed)
-        summary["verification"] = verification_report(out / "database.db")
-    with _timed(timings, "mapping"):
-        rec = run_mapping(
-            out / "database.db", image_dir, out / "sfm", seed=seed,
-            refine_intrinsics=refine_intrinsics, options=mapper_options, num_threads=-1 if fast_mapping else 1,
+    with _timed(timings, "verification_and_mapping"):  # wall time; tries may run side by side
+        rec, tries = map_tries(
+            out / "database.db", image_dir, out / "sfm", names, seeds=[seed + k for k in range(mapper_tries)],
+            max_error=ransac_max_error, refine_intrinsics=refine_intrinsics, options=mapper_options,
+            num_threads=-1 if fast_mapping else 1,
         )  # fmt: skip
-    summary["model"] = model_statistics(rec, names)
-    summary["model"]["colmap_seed"] = seed
+    chosen = next(t for t in tries if t["chosen"])
+    summary["verification"] = chosen["verification"]
+    summary["model"] = {k: v for k, v in chosen.items() if k not in ("seed", "chosen", "verification", "timings_s")}
+    summary["model"]["colmap_seed"] = chosen["seed"]
     summary["model"]["path"] = str(out / "sfm") if rec is not None else None
+    summary["model"]["tries"] = [
+        {k: t[k] for k in ("seed", "chosen", "registered_images", "suspect_images", "points3D",
+                           "mean_track_length", "mean_reprojection_error_px", "timings_s")}
+        for t in tries
+    ]  # fmt: skip
     if reference is not None and rec is not None:
         import pycolmap
 
         ref = pycolmap.Reconstruction(str(reference))
-        est = {n: R for n, (R, _) in poses_by_name(rec).items()}
         refp = {n: R for n, (R, _) in poses_by_name(ref).items()}
+
+        def max_error(model) -> float | None:
+            e = rotation_errors({n: R for n, (R, _) in poses_by_name(model).items()}, refp)
+            return max(e.values()) if e else None
+
+        if len(tries) > 1:  # for the record only: the choice never sees the reference
+            for t in summary["model"]["tries"]:
+                path = out / "sfm" / "tries" / f"seed_{t['seed']}"
+                if t["registered_images"]:
+                    t["max_rotation_error_deg"] = max_error(pycolmap.Reconstruction(str(path)))
+        est = {n: R for n, (R, _) in poses_by_name(rec).items()}
         errs = rotation_errors(est, refp)
         summary["reference"] = {
             "path": str(reference),

@@ -443,8 +443,9 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     progress(msg)
     if len(m["tries"]) > 1:
         progress("mapper tries (seed: registered, suspect, error): " + "; ".join(
-            f"{t['seed']}: {t['registered_images']}, {len(t['suspect_images'])}, "
-            + (f"{t['mean_reprojection_error_px']:.3f} px" if t["mean_reprojection_error_px"] is not None else "-")
+            f"{t['seed']}: " + (f"failed ({t['error']})" if "error" in t else
+                                f"{t['registered_images']}, {len(t['suspect_images'])}, "
+                                + (f"{t['mean_reprojection_error_px']:.3f} px" if t["mean_reprojection_error_px"] is not None else "-"))
             + (" (kept)" if t["chosen"] else "")
             for t in m["tries"]
         ))  # fmt: skip

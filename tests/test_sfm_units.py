@@ -369,6 +369,19 @@ def test_map_tries_keeps_the_model_with_most_trusted_images_then_lowest_error(tm
     assert db.read_text() == "verified at seed 3"  # one seed: verified in place
     with pytest.raises(ValueError, match="distinct seeds"):
         colmap.map_tries(db, "images", tmp_path / "x", names, seeds=[1, 1])
+    # a try that raises is recorded and loses; when every try raises, the first error comes out
+    def failing_mapping(database, image_dir, output, *, seed, **kw):
+        if seed != 4:
+            raise RuntimeError(f"mapper crashed at seed {seed}")
+        return fake_mapping(database, image_dir, output, seed=seed, **kw)
+
+    monkeypatch.setattr(colmap, "run_mapping", failing_mapping)
+    rec, crashed = colmap.map_tries(db, "images", tmp_path / "crash", names, seeds=[3, 4, 5])
+    assert [t["chosen"] for t in crashed] == [False, True, False] and rec is not None
+    assert crashed[0]["error"] == "RuntimeError: mapper crashed at seed 3" and crashed[0]["registered_images"] == 0
+    assert "error" not in crashed[1]
+    with pytest.raises(RuntimeError, match="mapper crashed at seed 5"):
+        colmap.map_tries(db, "images", tmp_path / "all", names, seeds=[5, 6])
     # the rank itself: trusted images first, then fewer suspects, then the error
     rank = colmap.try_rank
     a = {"registered_images": 10, "suspect_images": {"x": "?"}, "mean_reprojection_error_px": 0.5}

@@ -278,9 +278,11 @@ def map_tries(
     Returns:
         ``(model or None, tries)``: ``tries[k]`` is the :func:`model_statistics` of try ``k``
         plus ``seed``, ``chosen`` (bool), ``verification`` (:func:`verification_report`) and
-        ``timings_s`` (``verification``, ``mapping``).
+        ``timings_s`` (``verification``, ``mapping``); a try that raised has no model and an
+        ``error`` string, and the others go on.
     Raises:
         ValueError: no seed, or a repeated seed.
+        the first try's exception, when every try raised (e.g. an unknown mapper option).
     """
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -289,26 +291,39 @@ def map_tries(
     if (output / "tries").exists():  # an earlier run's tries
         shutil.rmtree(output / "tries")
 
-    def one(s: int) -> tuple[pycolmap.Reconstruction | None, dict]:
+    def one(s: int) -> tuple[pycolmap.Reconstruction | None, dict, Exception | None]:
         folder = output if len(seeds) == 1 else output / "tries" / f"seed_{s}"
         db = database
-        if len(seeds) > 1:
-            folder.mkdir(parents=True)
-            db = folder / "database.db"
-            shutil.copyfile(database, db)
-        t0 = time.perf_counter()
-        verify_pairs(db, max_error=max_error, seed=s)
-        t1 = time.perf_counter()
-        rec = run_mapping(db, image_dir, folder, seed=s, num_threads=num_threads,
-                          refine_intrinsics=refine_intrinsics, options=options)  # fmt: skip
+        t0 = t1 = time.perf_counter()
+        try:
+            if len(seeds) > 1:
+                folder.mkdir(parents=True)
+                db = folder / "database.db"
+                shutil.copyfile(database, db)
+            verify_pairs(db, max_error=max_error, seed=s)
+            t1 = time.perf_counter()
+            rec = run_mapping(db, image_dir, folder, seed=s, num_threads=num_threads,
+                              refine_intrinsics=refine_intrinsics, options=options)  # fmt: skip
+            report, error = verification_report(db), None
+        except Exception as exc:  # this try fails; the others go on
+            rec, report, error = None, {}, exc
         timings = {"verification": t1 - t0, "mapping": time.perf_counter() - t1}
-        return rec, {"seed": s, "chosen": False, **model_statistics(rec, names),
-                     "verification": verification_report(db), "timings_s": timings}  # fmt: skip
+        info = {"seed": s, "chosen": False, **model_statistics(rec, names), "verification": report,
+                "timings_s": timings}  # fmt: skip
+        if error is not None:
+            info["error"] = f"{type(error).__name__}: {error}"
+        return rec, info, error
 
     if workers is None:  # one-thread tries side by side (pycolmap releases the GIL)
         workers = min(len(seeds), os.cpu_count() or 1) if num_threads == 1 else 1
     with ThreadPoolExecutor(max(1, workers)) as pool:
         done = list(pool.map(one, seeds))
+    errors = [d[2] for d in done if d[2] is not None]
+    if len(errors) == len(done):  # every try failed (e.g. a bad mapper option): the first error
+        raise errors[0]
+    for d in done:
+        if d[2] is not None:
+            log.warning("mapping try at seed %d failed (%s); the other tries go on", d[1]["seed"], d[1]["error"])
     models, tries = [d[0] for d in done], [d[1] for d in done]
     best = max(range(len(seeds)), key=lambda k: (try_rank(tries[k]), -k))
     tries[best]["chosen"] = True

@@ -375,7 +375,7 @@ def reconstruct(
     summary["model"]["path"] = str(out / "sfm") if rec is not None else None
     summary["model"]["tries"] = [
         {k: t[k] for k in ("seed", "chosen", "registered_images", "suspect_images", "points3D",
-                           "mean_track_length", "mean_reprojection_error_px", "timings_s")}
+                           "mean_track_length", "mean_reprojection_error_px", "timings_s", "error") if k in t}
         for t in tries
     ]  # fmt: skip
     if reference is not None and rec is not None:

@@ -329,6 +329,9 @@ def test_cli_shards_then_merge_equal_one_run(scene, scene_dir, tmp_path):
         (0, "grid", 10, 5),
         (5, "grid", 10, 5),
     ]
+    # each re-mapped run made the default three tries and names the seed it kept
+    assert [r["tries"] for r in rows] == [3, 3]
+    assert rows[0]["kept_seed"] in (0, 1, 2) and rows[1]["kept_seed"] in (5, 6, 7)
     # A changed setting is refused with a clear message and exit code 2.
     assert (
         main(

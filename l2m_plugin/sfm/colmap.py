@@ -220,10 +220,16 @@ def run_mapping(
     if not models:
         return None
     best = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+    _write_model(output, best)
+    return best
+
+
+def _write_model(output: Path, rec: pycolmap.Reconstruction | None) -> None:
+    """Replace the binary model at ``output`` by ``rec`` (only remove it when ``rec`` is None)."""
     for f in ("cameras.bin", "images.bin", "points3D.bin", "rigs.bin", "frames.bin"):
         (output / f).unlink(missing_ok=True)
-    best.write(output)
-    return best
+    if rec is not None:
+        rec.write(output)
 
 
 def try_rank(stats: Mapping) -> tuple:
@@ -329,10 +335,7 @@ def map_tries(
     tries[best]["chosen"] = True
     if len(seeds) > 1:
         shutil.copyfile(output / "tries" / f"seed_{seeds[best]}" / "database.db", database)
-        for f in ("cameras.bin", "images.bin", "points3D.bin", "rigs.bin", "frames.bin"):
-            (output / f).unlink(missing_ok=True)
-        if models[best] is not None:
-            models[best].write(output)
+        _write_model(output, models[best])
     return models[best], tries
 
 

@@ -448,6 +448,11 @@ def test_maupertuis_against_its_reference_model(tmp_path):
     errs = s["reference"]["rotation_error_deg"]
     assert len(errs) == s["model"]["registered_images"] >= 2
     assert max(errs.values()) < 0.5, errs
+    # each try that registered images records its own worst rotation; the kept one is the model's
+    tries = s["model"]["tries"]
+    assert len(tries) == 3 and all(("max_rotation_error_deg" in t) == (t["registered_images"] > 0) for t in tries)
+    kept = next(t for t in tries if t["chosen"])
+    assert kept["max_rotation_error_deg"] == s["reference"]["max_rotation_error_deg"]
     assert main(["reconstruct", str(d), str(tmp_path), "--matcher", "sift", "--mapper", "nonsense.key=1", "--quiet"]) == 2
 
 

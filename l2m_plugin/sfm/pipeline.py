@@ -381,20 +381,22 @@ def reconstruct(
     if reference is not None and rec is not None:
         import pycolmap
 
-        ref = pycolmap.Reconstruction(str(reference))
-        refp = {n: R for n, (R, _) in poses_by_name(ref).items()}
+        def rotations(model: pycolmap.Reconstruction) -> dict[str, np.ndarray]:
+            return {n: R for n, (R, _) in poses_by_name(model).items()}
 
-        def max_error(model) -> float | None:
-            e = rotation_errors({n: R for n, (R, _) in poses_by_name(model).items()}, refp)
-            return max(e.values()) if e else None
-
+        refp = rotations(pycolmap.Reconstruction(str(reference)))
+        est = rotations(rec)
+        errs = rotation_errors(est, refp)
         if len(tries) > 1:  # for the record only: the choice never sees the reference
             for t in summary["model"]["tries"]:
-                path = out / "sfm" / "tries" / f"seed_{t['seed']}"
-                if t["registered_images"]:
-                    t["max_rotation_error_deg"] = max_error(pycolmap.Reconstruction(str(path)))
-        est = {n: R for n, (R, _) in poses_by_name(rec).items()}
-        errs = rotation_errors(est, refp)
+                if not t["registered_images"]:
+                    continue
+                if t["chosen"]:  # the kept model, already compared
+                    e = errs
+                else:  # the others, read back from their folders
+                    other = pycolmap.Reconstruction(str(out / "sfm" / "tries" / f"seed_{t['seed']}"))
+                    e = rotation_errors(rotations(other), refp)
+                t["max_rotation_error_deg"] = max(e.values()) if e else None
         summary["reference"] = {
             "path": str(reference),
             "rotation_error_deg": errs,

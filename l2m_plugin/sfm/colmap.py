@@ -237,7 +237,17 @@ def try_rank(stats: Mapping) -> tuple:
 
     In order: more trusted images (registered and not suspect, see :func:`suspect_images`),
     then fewer suspect images, then a lower mean reprojection error. Only the model's own
-    statistics are used, never a reference.
+    statistics are used, never a reference. Our rule (README, section "Mapping tries": read
+    off one seed study, then tested on 45 new models).
+
+    Args:
+        stats: needs ``registered_images`` (int), ``suspect_images`` (dict) and
+            ``mean_reprojection_error_px`` (float pixels, or None for an empty model).
+    Returns:
+        ``(trusted images, -suspect images, -error px)``; a try without a model is
+        ``(0, 0, -inf)``.
+    Raises:
+        KeyError: a key above is missing.
     """
     suspect = len(stats["suspect_images"])
     error = stats["mean_reprojection_error_px"]
